@@ -1,0 +1,1 @@
+"""Static analysis: shapes with labelled axes, transfer functions for tensor operations, and data flow."""
