@@ -1,13 +1,87 @@
+"""Run every rule over the mask uses of one module and turn the issues into positioned findings."""
+
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List, Tuple
 
 import libcst as cst
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
+from maskcheck.analysis.interpreter import MaskUse, ModuleInterpreter
+from maskcheck.analysis.names import source_text
+from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.findings import Finding
 from maskcheck.settings import Settings
 
 
 def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Finding]:
-    # TODO: placeholder until the analyser lands.
-    return []
+    from maskcheck.rules import RULES, Issue  # the rules import the analysis, so import them late
+
+    uses = ModuleInterpreter(module).run()
+    issues: List[Issue] = []
+    seen = set()
+    for use in uses:
+        for rule in RULES.values():
+            for issue in rule.check(use, settings):
+                key = (issue.code, id(issue.node), issue.message)
+                if key not in seen:
+                    seen.add(key)
+                    issues.append(issue)
+    if not issues:
+        return []
+
+    # Positions cost a full pass over the tree, so they are computed only for modules with findings. The wrapper
+    # must not copy the tree: the issues point at its nodes.
+    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    findings = []
+    for issue in issues:
+        where = positions[issue.node]
+        findings.append(
+            Finding(
+                path=path,
+                line=where.start.line,
+                col=where.start.column + 1,
+                code=issue.code,
+                message=issue.message,
+                end_line=where.end.line,
+                end_col=where.end.column + 1,
+                expression=source_text(issue.node),
+                replacement=issue.replacement,
+                chain=_chain(issue, positions),
+            )
+        )
+    return findings
+
+
+def _chain(issue, positions: Dict[cst.CSTNode, CodeRange]) -> ReplayChain:
+    use: MaskUse = issue.use
+    tensor = use.tensor
+    steps: List[ChainStep] = []
+    flagged = 0
+    for index, step in enumerate(tensor.steps):
+        where = positions.get(step.node)
+        if where is None:
+            continue
+        steps.append(ChainStep(step.target, source_text(step.node), where.start.line, where.start.column + 1))
+        if _contains(step.node, issue.node):
+            flagged = len(steps) - 1
+    return ReplayChain(
+        source_name=tensor.source,
+        source_kind=issue.source_kind or "example",
+        steps=tuple(steps),
+        sizes=dict(issue.sizes),
+        consumer=use.consumer.kind,
+        batch_first=use.consumer.batch_first,
+        flagged_step=flagged,
+        replacement=issue.replacement,
+    )
+
+
+def _contains(node: cst.CSTNode, target: cst.CSTNode) -> bool:
+    stack: List[cst.CSTNode] = [node]
+    while stack:
+        current = stack.pop()
+        if current is target:
+            return True
+        stack.extend(current.children)
+    return False

@@ -1,0 +1,1182 @@
+"""Abstract interpretation of one module: follow mask values to the attention calls that consume them.
+
+Each function body is interpreted once, in statement order. A name holds a short tuple of alternative values; the
+branches of `if`, `try` and loops are joined by taking every alternative, so a mask that is wrong on any path that
+reaches the consumer is reported. Methods of a class share `self.<attr>` values: every method is interpreted once to
+collect them, then once more to report.
+
+NOTE: calls into other functions are not followed: a helper's return value is a new value of unknown layout, and a
+parameter is a value of unknown layout. Function summaries can be added in `_call_unknown` and `_bind_parameters`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import libcst as cst
+
+from maskcheck.analysis import einops_patterns, tensor_ops
+from maskcheck.analysis.consumers import (
+    CONTAINERS,
+    FUNCTIONAL_HEAD_ARGUMENT,
+    FUNCTIONAL_MASK_ARGUMENT,
+    FUNCTIONAL_MHA,
+    LAYER_SPECS,
+    UNKNOWN_CONSUMER,
+    WRAPPER_KEYWORD,
+    Consumer,
+    find_argument,
+    literal_bool,
+)
+from maskcheck.analysis.names import ImportTable, compact_text, dotted_name, source_text
+from maskcheck.analysis.values import (
+    REST_TERMS,
+    SINGLETON,
+    UNKNOWN_VALUE,
+    Alternatives,
+    Axis,
+    BoundForward,
+    DictValue,
+    Factor,
+    IndexVector,
+    Layer,
+    LoopIndex,
+    LoopList,
+    OpRecord,
+    QualifiedName,
+    RepeatedList,
+    SequenceValue,
+    ShapeOf,
+    Size,
+    Step,
+    Tensor,
+    UNKNOWN,
+    Unknown,
+    Value,
+)
+
+# Alternatives kept per name; past this the oldest are dropped (a bound, so loops and long if-chains stay fast).
+MAX_ALTERNATIVES = 8
+
+# Tensor methods that keep the axis layout of their receiver.
+_LAYOUT_KEEPING_METHODS = frozenset(
+    {
+        "bool", "float", "half", "double", "int", "long", "byte", "bfloat16", "to", "type", "type_as",
+        "detach", "clone", "contiguous", "cuda", "cpu", "logical_not", "logical_not_", "masked_fill",
+        "masked_fill_", "requires_grad_", "float_", "fill_", "zero_", "eq", "ne", "lt", "le", "gt", "ge",
+        "logical_and", "logical_or", "mul", "add", "sub", "neg", "abs", "log", "exp", "sigmoid", "triu", "tril",
+        "triu_", "tril_", "pin_memory", "__invert__", "where",
+    }
+)
+
+_LAYOUT_KEEPING_FUNCTIONS = frozenset(
+    {
+        "torch.logical_not", "torch.triu", "torch.tril", "torch.masked_fill", "torch.log", "torch.exp",
+        "torch.sigmoid", "torch.abs", "torch.clone",
+    }
+)
+
+_CONSTRUCTORS = frozenset(
+    {
+        "torch.zeros", "torch.ones", "torch.empty", "torch.rand", "torch.randn", "torch.randint", "torch.full",
+        "torch.BoolTensor", "torch.FloatTensor",
+    }
+)
+
+_IDENTITY_WRAPPERS = frozenset({"torch.nn.Parameter", "torch.nn.parameter.Parameter", "copy.deepcopy"})
+
+
+@dataclass(frozen=True)
+class MaskUse:
+    """A value that reaches a mask argument of an attention call."""
+
+    tensor: Tensor
+    consumer: Consumer
+    argument_node: cst.BaseExpression
+
+
+@dataclass(frozen=True)
+class SelfRef:
+    """The instance inside a method (`self`)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A tensor method looked up but not yet called (`mask.repeat`)."""
+
+    receiver: Tensor
+    name: str
+    node: cst.Attribute
+
+
+@dataclass
+class Scope:
+    """Names bound in one function body (or the module body) and the class attributes it can see."""
+
+    values: Dict[str, Alternatives] = field(default_factory=dict)
+    sizes: Dict[str, Size] = field(default_factory=dict)
+    parent: Optional["Scope"] = None
+    class_attributes: Optional[Dict[str, Alternatives]] = None
+    self_name: Optional[str] = None
+
+    def lookup(self, name: str) -> Optional[Alternatives]:
+        scope: Optional[Scope] = self
+        while scope is not None:
+            if name in scope.values:
+                return scope.values[name]
+            scope = scope.parent
+        return None
+
+    def lookup_size(self, name: str) -> Optional[Size]:
+        scope: Optional[Scope] = self
+        while scope is not None:
+            if name in scope.sizes:
+                return scope.sizes[name]
+            scope = scope.parent
+        return None
+
+    def snapshot(self) -> Tuple[Dict[str, Alternatives], Dict[str, Size]]:
+        return dict(self.values), dict(self.sizes)
+
+    def restore(self, state: Tuple[Dict[str, Alternatives], Dict[str, Size]]) -> None:
+        self.values, self.sizes = dict(state[0]), dict(state[1])
+
+
+def join(*alternatives: Alternatives) -> Alternatives:
+    result: List[Value] = []
+    for group in alternatives:
+        for value in group:
+            if value not in result:
+                result.append(value)
+    return tuple(result[-MAX_ALTERNATIVES:])
+
+
+def join_states(first, second):
+    values = dict(first[0])
+    for name, alternatives in second[0].items():
+        values[name] = join(values.get(name, ()), alternatives)
+    sizes = dict(first[1])
+    for name, size in second[1].items():
+        if name in sizes and sizes[name] != size:
+            sizes[name] = Size(sizes[name].texts | size.texts, terms=sizes[name].terms)
+        else:
+            sizes[name] = size
+    return values, sizes
+
+
+class ModuleInterpreter:
+    """Interprets every scope of one module and collects the mask uses it finds."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.module = module
+        self.imports = ImportTable.from_module(module)
+        self.uses: List[MaskUse] = []
+        self._reporting = True
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Scopes
+
+    def run(self) -> List[MaskUse]:
+        module_scope = Scope()
+        functions: List[cst.FunctionDef] = []
+        classes: List[cst.ClassDef] = []
+        self._run_block(module.body if (module := self.module) else [], module_scope, functions, classes)
+
+        for function in functions:
+            self._run_function(function, module_scope, class_attributes=None)
+        for class_def in classes:
+            self._run_class(class_def, module_scope)
+        return self.uses
+
+    def _run_class(self, class_def: cst.ClassDef, outer: Scope) -> None:
+        attributes: Dict[str, Alternatives] = {}
+        methods = [s for s in class_def.body.body if isinstance(s, cst.FunctionDef)]
+        nested_classes = [s for s in class_def.body.body if isinstance(s, cst.ClassDef)]
+
+        # First pass: collect `self.<attr>` values from every method, `__init__` first. Second pass: report.
+        ordered = sorted(methods, key=lambda m: m.name.value != "__init__")
+        self._reporting = False
+        for method in ordered:
+            self._run_function(method, outer, class_attributes=attributes)
+        self._reporting = True
+        for method in ordered:
+            self._run_function(method, outer, class_attributes=attributes)
+        for nested in nested_classes:
+            self._run_class(nested, outer)
+
+    def _run_function(
+        self, function: cst.FunctionDef, outer: Scope, class_attributes: Optional[Dict[str, Alternatives]]
+    ) -> None:
+        scope = Scope(parent=outer, class_attributes=class_attributes)
+        self._bind_parameters(function, scope, is_method=class_attributes is not None)
+        functions: List[cst.FunctionDef] = []
+        classes: List[cst.ClassDef] = []
+        body = function.body.body if isinstance(function.body, cst.IndentedBlock) else [function.body]
+        self._run_block(body, scope, functions, classes)
+        for nested in functions:
+            self._run_function(nested, scope, class_attributes=None)
+        for nested_class in classes:
+            self._run_class(nested_class, scope)
+
+    def _bind_parameters(self, function: cst.FunctionDef, scope: Scope, is_method: bool) -> None:
+        params = list(function.params.posonly_params) + list(function.params.params)
+        is_static = any(dotted_name(d.decorator) == "staticmethod" for d in function.decorators)
+        if is_method and params and not is_static:
+            scope.self_name = params[0].name.value
+            scope.values[scope.self_name] = (SelfRef(),)
+            params = params[1:]
+        others = params + list(function.params.kwonly_params)
+        for param in others:
+            scope.values[param.name.value] = (Tensor(None, source=param.name.value),)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Statements
+
+    def _run_block(self, statements: Sequence[cst.CSTNode], scope: Scope, functions, classes) -> None:
+        for statement in statements:
+            self._run_statement(statement, scope, functions, classes)
+
+    def _run_statement(self, statement: cst.CSTNode, scope: Scope, functions, classes) -> None:
+        if isinstance(statement, cst.SimpleStatementLine):
+            for small in statement.body:
+                self._run_small(small, scope)
+        elif isinstance(statement, cst.FunctionDef):
+            functions.append(statement)
+        elif isinstance(statement, cst.ClassDef):
+            classes.append(statement)
+        elif isinstance(statement, cst.If):
+            self._run_if(statement, scope, functions, classes)
+        elif isinstance(statement, (cst.For, cst.While)):
+            self._run_loop(statement, scope, functions, classes)
+        elif isinstance(statement, cst.Try) or type(statement).__name__ == "TryStar":
+            self._run_try(statement, scope, functions, classes)
+        elif isinstance(statement, cst.With):
+            for item in statement.items:
+                self.evaluate(item.item, scope)
+            self._run_suite(statement.body, scope, functions, classes)
+        elif isinstance(statement, cst.Match):
+            self.evaluate(statement.subject, scope)
+            before = scope.snapshot()
+            merged = before
+            for case in statement.cases:
+                scope.restore(before)
+                self._run_suite(case.body, scope, functions, classes)
+                merged = join_states(merged, scope.snapshot())
+            scope.restore(merged)
+
+    def _run_suite(self, suite: cst.BaseSuite, scope: Scope, functions, classes) -> None:
+        if isinstance(suite, cst.IndentedBlock):
+            self._run_block(suite.body, scope, functions, classes)
+        elif isinstance(suite, cst.SimpleStatementSuite):
+            for small in suite.body:
+                self._run_small(small, scope)
+
+    def _run_if(self, statement: cst.If, scope: Scope, functions, classes) -> None:
+        self.evaluate(statement.test, scope)
+        before = scope.snapshot()
+        self._run_suite(statement.body, scope, functions, classes)
+        after_body = scope.snapshot()
+        scope.restore(before)
+        if isinstance(statement.orelse, cst.If):
+            self._run_if(statement.orelse, scope, functions, classes)
+        elif isinstance(statement.orelse, cst.Else):
+            self._run_suite(statement.orelse.body, scope, functions, classes)
+        scope.restore(join_states(after_body, scope.snapshot()))
+
+    def _run_loop(self, statement, scope: Scope, functions, classes) -> None:
+        if isinstance(statement, cst.For):
+            iterated = self.evaluate(statement.iter, scope)
+            self._assign_target(statement.target, _loop_elements(iterated), scope, statement.iter)
+        else:
+            self.evaluate(statement.test, scope)
+        before = scope.snapshot()
+        # Two passes let a value set late in the body reach a use early in the body on the next iteration.
+        for _ in range(2):
+            self._run_suite(statement.body, scope, functions, classes)
+            scope.restore(join_states(before, scope.snapshot()))
+        if statement.orelse is not None:
+            self._run_suite(statement.orelse.body, scope, functions, classes)
+
+    def _run_try(self, statement, scope: Scope, functions, classes) -> None:
+        before = scope.snapshot()
+        self._run_suite(statement.body, scope, functions, classes)
+        merged = join_states(before, scope.snapshot())
+        for handler in statement.handlers:
+            scope.restore(merged)
+            self._run_suite(handler.body, scope, functions, classes)
+            merged = join_states(merged, scope.snapshot())
+        scope.restore(merged)
+        if statement.orelse is not None:
+            self._run_suite(statement.orelse.body, scope, functions, classes)
+        if statement.finalbody is not None:
+            self._run_suite(statement.finalbody.body, scope, functions, classes)
+
+    def _run_small(self, small: cst.BaseSmallStatement, scope: Scope) -> None:
+        if isinstance(small, cst.Assign):
+            value = self.evaluate(small.value, scope)
+            for target in small.targets:
+                self._assign_target(target.target, value, scope, small.value)
+        elif isinstance(small, cst.AnnAssign) and small.value is not None:
+            value = self.evaluate(small.value, scope)
+            self._assign_target(small.target, value, scope, small.value)
+        elif isinstance(small, cst.AugAssign):
+            # `mask += bias` and friends keep the layout of the target.
+            self.evaluate(small.value, scope)
+        elif isinstance(small, cst.Expr):
+            self.evaluate(small.value, scope)
+        elif isinstance(small, cst.Return) and small.value is not None:
+            self.evaluate(small.value, scope)
+        elif isinstance(small, cst.Assert):
+            self.evaluate(small.test, scope)
+
+    def _assign_target(
+        self, target: cst.BaseExpression, value: Alternatives, scope: Scope, value_node: cst.BaseExpression
+    ) -> None:
+        if isinstance(target, cst.Name):
+            scope.values[target.value] = _record_step(value, target.value, value_node)
+            size = self.size_of(value_node, scope)
+            if _is_size_expression(value_node):
+                scope.sizes[target.value] = Size(size.texts | {target.value}, size.terms, size.value, size.parts)
+            else:
+                scope.sizes.pop(target.value, None)
+        elif isinstance(target, cst.Attribute) and self._is_self(target.value, scope):
+            attribute = target.attr.value
+            recorded = _record_step(value, f"{scope.self_name}.{attribute}", value_node)
+            scope.values[f"{scope.self_name}.{attribute}"] = recorded
+            if scope.class_attributes is not None:
+                scope.class_attributes[attribute] = join(scope.class_attributes.get(attribute, ()), recorded)
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            self._assign_unpacked(target, value, scope, value_node)
+        elif isinstance(target, cst.Subscript):
+            self._assign_item(target, value, scope)
+
+    def _assign_unpacked(self, target, value: Alternatives, scope: Scope, value_node) -> None:
+        elements = [e.value for e in target.elements]
+        for index, element in enumerate(elements):
+            if isinstance(element, cst.StarredElement):
+                continue
+            item: Alternatives = ()
+            for alternative in value:
+                if isinstance(alternative, SequenceValue) and len(alternative.items) == len(elements):
+                    item = join(item, alternative.items[index])
+                elif isinstance(alternative, ShapeOf):
+                    text = f"{alternative.base}.shape[{index}]"
+                    item = join(item, (Size(frozenset({text})),))
+            if not item:
+                item = (UNKNOWN_VALUE,)
+            if isinstance(element, cst.Name):
+                scope.values[element.value] = item
+                sizes = [v for v in item if isinstance(v, Size)]
+                if sizes:
+                    scope.sizes[element.value] = Size(sizes[0].texts | {element.value})
+                else:
+                    scope.sizes.pop(element.value, None)
+            else:
+                self._assign_target(element, item, scope, value_node)
+
+    def _assign_item(self, target: cst.Subscript, value: Alternatives, scope: Scope) -> None:
+        # `kwargs["attn_mask"] = m` updates a dict built earlier in this scope.
+        if not isinstance(target.value, cst.Name) or len(target.slice) != 1:
+            return
+        key_node = target.slice[0].slice
+        if not isinstance(key_node, cst.Index) or not isinstance(key_node.value, cst.SimpleString):
+            return
+        key = key_node.value.evaluated_value
+        current = scope.lookup(target.value.value) or ()
+        updated = []
+        for alternative in current:
+            if isinstance(alternative, DictValue):
+                entries = tuple((k, v) for k, v in alternative.entries if k != key) + ((key, value),)
+                updated.append(DictValue(entries))
+            else:
+                updated.append(alternative)
+        if updated:
+            scope.values[target.value.value] = tuple(updated)
+
+    def _is_self(self, node: cst.BaseExpression, scope: Scope) -> bool:
+        return isinstance(node, cst.Name) and scope.self_name is not None and node.value == scope.self_name
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Expressions
+
+    def evaluate(self, node: cst.BaseExpression, scope: Scope) -> Alternatives:
+        method = getattr(self, f"_evaluate_{type(node).__name__}", None)
+        if method is None:
+            self._visit_children(node, scope)
+            return (UNKNOWN_VALUE,)
+        return method(node, scope)
+
+    def _visit_children(self, node: cst.CSTNode, scope: Scope) -> None:
+        # Calls nested in unmodelled expressions (a lambda body, an f-string) can still be consumers.
+        for child in node.children:
+            if isinstance(child, cst.BaseExpression):
+                self.evaluate(child, scope)
+            elif not isinstance(child, (cst.BaseSuite, cst.BaseStatement)):
+                self._visit_children(child, scope)
+
+    def _evaluate_Name(self, node: cst.Name, scope: Scope) -> Alternatives:
+        if node.value in ("True", "False", "None"):
+            return (UNKNOWN_VALUE,)
+        bound = scope.lookup(node.value)
+        if bound is not None:
+            return bound
+        qualified = self.imports.resolve(node)
+        if qualified is not None:
+            return (QualifiedName(qualified),)
+        return (Tensor(None, source=node.value),)
+
+    def _evaluate_Attribute(self, node: cst.Attribute, scope: Scope) -> Alternatives:
+        qualified = self.imports.resolve(node)
+        if qualified is not None:
+            return (QualifiedName(qualified),)
+        attribute = node.attr.value
+        results: List[Value] = []
+        for base in self.evaluate(node.value, scope):
+            results.extend(self._attribute_of(base, attribute, node, scope))
+        return join(tuple(results))
+
+    def _attribute_of(self, base: Value, attribute: str, node: cst.Attribute, scope: Scope) -> Alternatives:
+        text = compact_text(node)
+        if isinstance(base, SelfRef):
+            local = scope.lookup(f"{scope.self_name}.{attribute}")
+            if local is not None:
+                return local
+            if scope.class_attributes is not None and attribute in scope.class_attributes:
+                return scope.class_attributes[attribute]
+            return (Tensor(None, source=text),)
+        if isinstance(base, Tensor):
+            if attribute == "shape":
+                return (ShapeOf(compact_text(node.value), base),)
+            if attribute in ("T", "mT"):
+                if base.axes is not None and len(base.axes) >= 2:
+                    return (tensor_ops.transpose(base, -2, -1, node),)
+                return (tensor_ops.unknown_like(base),)
+            if attribute == "data":
+                return (base,)
+            return (Method(base, attribute, node),)
+        if isinstance(base, Layer) and attribute == "forward":
+            return (BoundForward(base),)
+        if isinstance(base, QualifiedName):
+            return (QualifiedName(f"{base.name}.{attribute}"),)
+        return (Tensor(None, source=text),)
+
+    def _evaluate_Call(self, node: cst.Call, scope: Scope) -> Alternatives:
+        callees = self.evaluate(node.func, scope)
+        results: List[Value] = []
+        handled_unknown = False
+        for callee in callees:
+            if isinstance(callee, Method):
+                results.extend(self._call_method(callee, node, scope))
+            elif isinstance(callee, QualifiedName):
+                results.extend(self._call_function(callee.name, node, scope))
+            elif isinstance(callee, Layer):
+                results.extend(self._call_layer(callee, node, scope))
+            elif isinstance(callee, BoundForward):
+                results.extend(self._call_layer(callee.layer, node, scope))
+            elif not handled_unknown:
+                handled_unknown = True
+                results.extend(self._call_unknown(node, scope))
+        return join(tuple(results)) or (UNKNOWN_VALUE,)
+
+    def _evaluate_Subscript(self, node: cst.Subscript, scope: Scope) -> Alternatives:
+        results: List[Value] = []
+        for base in self.evaluate(node.value, scope):
+            results.extend(self._subscript_of(base, node, scope))
+        return join(tuple(results)) or (UNKNOWN_VALUE,)
+
+    def _evaluate_BinaryOperation(self, node: cst.BinaryOperation, scope: Scope) -> Alternatives:
+        left = self.evaluate(node.left, scope)
+        right = self.evaluate(node.right, scope)
+        operator = node.operator
+        results: List[Value] = []
+        if isinstance(operator, cst.Multiply):
+            repeated = self._repeated_list(node, left, right, scope)
+            if repeated is not None:
+                return (repeated,)
+        if isinstance(operator, (cst.Modulo, cst.FloorDivide)):
+            vectors = [v for v in left if isinstance(v, IndexVector)]
+            if vectors:
+                return (self._index_arithmetic(vectors[0], operator, node.right, scope),)
+        for first in left:
+            for second in right:
+                results.append(_binary(first, second, operator, node))
+        return join(tuple(results)) or (UNKNOWN_VALUE,)
+
+    def _evaluate_UnaryOperation(self, node: cst.UnaryOperation, scope: Scope) -> Alternatives:
+        operand = self.evaluate(node.expression, scope)
+        return tuple(v for v in operand if isinstance(v, Tensor)) or (UNKNOWN_VALUE,)
+
+    def _evaluate_Comparison(self, node: cst.Comparison, scope: Scope) -> Alternatives:
+        left = self.evaluate(node.left, scope)
+        tensors: List[Value] = [v for v in left if isinstance(v, Tensor)]
+        for target in node.comparisons:
+            right = self.evaluate(target.comparator, scope)
+            if not tensors:
+                tensors = [v for v in right if isinstance(v, Tensor)]
+        return tuple(tensors) or (UNKNOWN_VALUE,)
+
+    def _evaluate_BooleanOperation(self, node: cst.BooleanOperation, scope: Scope) -> Alternatives:
+        return join(self.evaluate(node.left, scope), self.evaluate(node.right, scope))
+
+    def _evaluate_IfExp(self, node: cst.IfExp, scope: Scope) -> Alternatives:
+        self.evaluate(node.test, scope)
+        return join(self.evaluate(node.body, scope), self.evaluate(node.orelse, scope))
+
+    def _evaluate_NamedExpr(self, node: cst.NamedExpr, scope: Scope) -> Alternatives:
+        value = self.evaluate(node.value, scope)
+        self._assign_target(node.target, value, scope, node.value)
+        return value
+
+    def _evaluate_Await(self, node: cst.Await, scope: Scope) -> Alternatives:
+        return self.evaluate(node.expression, scope)
+
+    def _evaluate_List(self, node: cst.List, scope: Scope) -> Alternatives:
+        return self._sequence(node, scope)
+
+    def _evaluate_Tuple(self, node: cst.Tuple, scope: Scope) -> Alternatives:
+        return self._sequence(node, scope)
+
+    def _sequence(self, node, scope: Scope) -> Alternatives:
+        items = []
+        for element in node.elements:
+            if isinstance(element, cst.StarredElement):
+                self.evaluate(element.value, scope)
+                return (UNKNOWN_VALUE,)
+            items.append(self.evaluate(element.value, scope))
+        return (SequenceValue(tuple(items)),)
+
+    def _evaluate_Dict(self, node: cst.Dict, scope: Scope) -> Alternatives:
+        entries = []
+        for element in node.elements:
+            if isinstance(element, cst.DictElement):
+                value = self.evaluate(element.value, scope)
+                if isinstance(element.key, cst.SimpleString):
+                    entries.append((element.key.evaluated_value, value))
+            else:
+                self.evaluate(element.value, scope)
+        return (DictValue(tuple(entries)),)
+
+    def _evaluate_ListComp(self, node: cst.ListComp, scope: Scope) -> Alternatives:
+        return self._comprehension(node, scope)
+
+    def _evaluate_GeneratorExp(self, node: cst.GeneratorExp, scope: Scope) -> Alternatives:
+        return self._comprehension(node, scope)
+
+    def _comprehension(self, node, scope: Scope) -> Alternatives:
+        inner = Scope(parent=scope, class_attributes=scope.class_attributes, self_name=scope.self_name)
+        loop = node.for_in
+        iterated = self.evaluate(loop.iter, scope)
+        is_range = isinstance(loop.iter, cst.Call) and dotted_name(loop.iter.func) == "range"
+        if isinstance(loop.target, cst.Name) and is_range and loop.inner_for_in is None:
+            inner.values[loop.target.value] = (LoopIndex(loop.target.value),)
+        else:
+            self._assign_target(loop.target, _loop_elements(iterated), inner, loop.iter)
+        for condition in loop.ifs:
+            self.evaluate(condition.test, inner)
+        element = self.evaluate(node.elt, inner)
+        tensors = [v for v in element if isinstance(v, Tensor)]
+        if tensors and is_range:
+            return (LoopList(tensors[0]),)
+        layers = tuple(v for v in element if isinstance(v, Layer))
+        if layers:
+            return (SequenceValue((layers,)),)
+        return (UNKNOWN_VALUE,)
+
+    def _evaluate_Lambda(self, node: cst.Lambda, scope: Scope) -> Alternatives:
+        return (UNKNOWN_VALUE,)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Sizes
+
+    def size_of(self, node: cst.BaseExpression, scope: Scope) -> Size:
+        """Read an expression as an integer size: its texts, how many factors it multiplies, and its value."""
+        text = compact_text(node)
+        if isinstance(node, cst.Integer):
+            value = int(node.evaluated_value)
+            return Size(frozenset({text}), terms=0 if value == 1 else 1, value=value)
+        if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
+            if isinstance(node.expression, cst.Integer) and node.expression.value == "1":
+                return Size(frozenset({text}), terms=REST_TERMS, value=-1)
+        if isinstance(node, cst.Name):
+            bound = scope.lookup_size(node.value)
+            if bound is not None:
+                return Size(bound.texts | {text}, bound.terms, bound.value, bound.parts)
+            return Size(frozenset({text}))
+        if isinstance(node, cst.Attribute) and scope.self_name is not None:
+            bound = scope.lookup_size(text)
+            if bound is not None:
+                return bound
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
+            left = self.size_of(node.left, scope)
+            right = self.size_of(node.right, scope)
+            parts = (left.parts or (left.texts,)) + (right.parts or (right.texts,))
+            terms = max(left.terms, 0) + max(right.terms, 0)
+            return Size(frozenset({text}), terms=terms, parts=parts)
+        if isinstance(node, cst.Call) and dotted_name(node.func) == "int" and node.args:
+            inner = self.size_of(node.args[0].value, scope)
+            return Size(inner.texts | {text}, inner.terms, inner.value, inner.parts)
+        return Size(frozenset({text}))
+
+    def _sizes_from_args(self, args: Sequence[cst.Arg], scope: Scope) -> Optional[List[Size]]:
+        """Read `f(a, b, c)` or `f((a, b, c))` as a list of sizes; None when they are hidden (`*shape`)."""
+        positional = [a for a in args if a.keyword is None]
+        if any(a.star for a in positional):
+            return None
+        if len(positional) == 1 and isinstance(positional[0].value, (cst.Tuple, cst.List)):
+            elements = positional[0].value.elements
+            if any(isinstance(e, cst.StarredElement) for e in elements):
+                return None
+            return [self.size_of(e.value, scope) for e in elements]
+        if len(positional) == 1 and isinstance(positional[0].value, cst.Attribute):
+            if positional[0].value.attr.value == "shape":
+                return None
+        return [self.size_of(a.value, scope) for a in positional]
+
+    def _repeated_list(self, node, left, right, scope) -> Optional[RepeatedList]:
+        if isinstance(node.left, cst.List) and len(node.left.elements) == 1:
+            element, count_node = left, node.right
+        elif isinstance(node.right, cst.List) and len(node.right.elements) == 1:
+            element, count_node = right, node.left
+        else:
+            return None
+        for value in element:
+            if isinstance(value, SequenceValue) and len(value.items) == 1:
+                tensors = [v for v in value.items[0] if isinstance(v, Tensor)]
+                if tensors:
+                    return RepeatedList(tensors[0], self.size_of(count_node, scope))
+        return None
+
+    def _index_arithmetic(self, vector: IndexVector, operator, divisor: cst.BaseExpression, scope) -> IndexVector:
+        size = self.size_of(divisor, scope)
+        other = frozenset()
+        for part in vector.total.parts:
+            if not part & size.texts:
+                other = other | part
+        if isinstance(operator, cst.Modulo):
+            return IndexVector(vector.total, "inner", other or frozenset({f"{vector.total}/{size}"}))
+        return IndexVector(vector.total, "outer", size.texts)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Calls
+
+    def _call_method(self, method: Method, node: cst.Call, scope: Scope) -> Alternatives:
+        tensor, name = method.receiver, method.name
+        args = node.args
+        self._evaluate_arguments(node, scope)
+        keywords = {a.keyword.value: a.value for a in args if a.keyword is not None}
+        positional = [a.value for a in args if a.keyword is None and not a.star]
+
+        if name in ("repeat", "tile"):
+            counts = self._sizes_from_args(args, scope)
+            return (tensor_ops.repeat(tensor, counts, node, kind=name),) if counts else (tensor,)
+        if name == "repeat_interleave":
+            return (self._repeat_interleave(tensor, positional, keywords, node, scope),)
+        if name in ("expand", "broadcast_to"):
+            sizes = self._sizes_from_args(args, scope)
+            return (tensor_ops.expand(tensor, sizes, node),) if sizes else (tensor_ops.unknown_like(tensor),)
+        if name == "expand_as" and positional:
+            others = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
+            return tuple(tensor_ops.expand_as(tensor, other) for other in others) or (tensor,)
+        if name in ("unsqueeze", "unsqueeze_"):
+            dim = _int_argument(positional, keywords, 0, "dim")
+            return (tensor_ops.unsqueeze(tensor, dim, node),) if dim is not None else (tensor,)
+        if name in ("squeeze", "squeeze_"):
+            return (tensor_ops.squeeze(tensor, _int_argument(positional, keywords, 0, "dim")),)
+        if name in ("view", "reshape"):
+            if len(positional) == 1 and dotted_name(positional[0]) and "dtype" in name:
+                return (tensor,)
+            if len(positional) == 1 and _is_dtype(positional[0], self.imports):
+                return (tensor,)
+            sizes = self._sizes_from_args(args, scope)
+            return (tensor_ops.reshape(tensor, sizes, node),) if sizes else (tensor_ops.unknown_like(tensor),)
+        if name == "flatten":
+            start = _int_argument(positional, keywords, 0, "start_dim")
+            end = _int_argument(positional, keywords, 1, "end_dim")
+            return (tensor_ops.flatten(tensor, 0 if start is None else start, -1 if end is None else end, node),)
+        if name in ("transpose", "swapaxes", "swapdims"):
+            first = _int_argument(positional, keywords, 0, "dim0")
+            second = _int_argument(positional, keywords, 1, "dim1")
+            if first is None or second is None:
+                return (tensor_ops.unknown_like(tensor),)
+            return (tensor_ops.transpose(tensor, first, second, node),)
+        if name == "permute":
+            order = _int_list(positional)
+            return (tensor_ops.permute(tensor, order, node),) if order is not None else (tensor_ops.unknown_like(tensor),)
+        if name == "index_select" and len(positional) >= 2:
+            return self._index_select(tensor, positional[0], positional[1], node, scope)
+        if name in ("matmul", "bmm", "__matmul__") and positional:
+            others = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
+            return tuple(tensor_ops.matmul(tensor, other) for other in others) or (UNKNOWN_VALUE,)
+        if name == "size":
+            if positional:
+                return (Size(frozenset({compact_text(node)})),)
+            return (ShapeOf(compact_text(method.node.value), tensor),)
+        if name in _LAYOUT_KEEPING_METHODS:
+            return (tensor,)
+        return (Tensor(None, source=compact_text(node)),)
+
+    def _evaluate_arguments(self, node: cst.Call, scope: Scope) -> None:
+        # Arguments can hold consumer calls of their own; their values are read again where needed.
+        for arg in node.args:
+            if not isinstance(arg.value, (cst.Integer, cst.Name, cst.SimpleString, cst.Float)):
+                self.evaluate(arg.value, scope)
+
+    def _repeat_interleave(self, tensor, positional, keywords, node, scope) -> Tensor:
+        repeats = keywords.get("repeats", positional[0] if positional else None)
+        dim_node = keywords.get("dim", positional[1] if len(positional) > 1 else None)
+        if repeats is None:
+            return tensor_ops.unknown_like(tensor)
+        count = self._repeat_count(repeats, scope)
+        dim = _literal_int(dim_node) if dim_node is not None else None
+        if dim_node is not None and dim is None:
+            return tensor_ops.unknown_like(tensor)
+        return tensor_ops.repeat_interleave(tensor, count, dim, node)
+
+    def _repeat_count(self, repeats: cst.BaseExpression, scope: Scope) -> Size:
+        # `torch.full((N,), H)` as the repeats tensor repeats every element H times.
+        if isinstance(repeats, cst.Call) and self.imports.resolve(repeats.func) == "torch.full":
+            if len(repeats.args) >= 2:
+                return self.size_of(repeats.args[1].value, scope)
+        return self.size_of(repeats, scope)
+
+    def _index_select(self, tensor, dim_node, index_node, node, scope) -> Alternatives:
+        dim = _literal_int(dim_node)
+        vectors = [v for v in self.evaluate(index_node, scope) if isinstance(v, IndexVector)]
+        if dim is None or not vectors:
+            return (tensor_ops.unknown_like(tensor),)
+        return (tensor_ops.gather(tensor, vectors[0], dim, node),)
+
+    def _call_function(self, name: str, node: cst.Call, scope: Scope) -> Alternatives:
+        positional = [a.value for a in node.args if a.keyword is None and not a.star]
+        keywords = {a.keyword.value: a.value for a in node.args if a.keyword is not None}
+
+        if name in LAYER_SPECS:
+            self._evaluate_arguments(node, scope)
+            return (self._build_layer(name, node, scope),)
+        if name in CONTAINERS:
+            return (self._build_container(name, node, scope),)
+        if name == FUNCTIONAL_MHA:
+            self._check_functional(node, scope)
+            return (UNKNOWN_VALUE,)
+        if name in _IDENTITY_WRAPPERS and positional:
+            return self.evaluate(positional[0], scope)
+        if name in ("torch.cat", "torch.concat", "torch.concatenate", "torch.stack"):
+            return self._join_tensors(name, node, positional, keywords, scope)
+        if name in ("einops.repeat", "einops.rearrange", "einops.einops.repeat", "einops.einops.rearrange"):
+            return self._einops(node, positional, keywords, scope)
+        if name == "torch.arange" and positional:
+            return (IndexVector(self.size_of(positional[-1] if len(positional) == 1 else positional[1], scope)),)
+        if name in _CONSTRUCTORS:
+            return (self._construct(name, node, scope),)
+
+        self._evaluate_arguments(node, scope)
+        if name.startswith("torch.") and positional:
+            as_method = _TORCH_FUNCTION_AS_METHOD.get(name)
+            if as_method is not None:
+                receivers = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
+                shifted = node.with_changes(args=node.args[1:])
+                results: List[Value] = []
+                for receiver in receivers:
+                    results.extend(self._call_method(Method(receiver, as_method, node.func), shifted, scope))
+                return join(tuple(results)) or (UNKNOWN_VALUE,)
+            if name == "torch.where" and len(positional) >= 1:
+                return tuple(v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)) or (
+                    UNKNOWN_VALUE,
+                )
+        if name in ("torch.matmul", "torch.bmm") and len(positional) >= 2:
+            firsts = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
+            seconds = [v for v in self.evaluate(positional[1], scope) if isinstance(v, Tensor)]
+            return tuple(tensor_ops.matmul(a, b) for a in firsts for b in seconds) or (UNKNOWN_VALUE,)
+        if name == "builtins.dict" or name == "dict":
+            return self._dict_call(node, scope)
+        self._check_wrapper(node, scope, compact_text(node.func))
+        return (Tensor(None, source=compact_text(node)),)
+
+    def _call_unknown(self, node: cst.Call, scope: Scope) -> Alternatives:
+        if dotted_name(node.func) == "dict":
+            return self._dict_call(node, scope)
+        self._evaluate_arguments(node, scope)
+        self._check_wrapper(node, scope, compact_text(node.func))
+        return (Tensor(None, source=compact_text(node)),)
+
+    def _dict_call(self, node: cst.Call, scope: Scope) -> Alternatives:
+        entries = []
+        for arg in node.args:
+            value = self.evaluate(arg.value, scope)
+            if arg.keyword is not None:
+                entries.append((arg.keyword.value, value))
+        return (DictValue(tuple(entries)),)
+
+    def _join_tensors(self, name, node, positional, keywords, scope) -> Alternatives:
+        if not positional:
+            return (UNKNOWN_VALUE,)
+        dim_node = keywords.get("dim", positional[1] if len(positional) > 1 else None)
+        dim = 0 if dim_node is None else _literal_int(dim_node)
+        stacking = name == "torch.stack"
+        results: List[Value] = []
+        for value in self.evaluate(positional[0], scope):
+            if dim is None:
+                continue
+            if isinstance(value, RepeatedList):
+                op = tensor_ops.stack_copies if stacking else tensor_ops.concatenate_copies
+                results.append(op(value.element, value.count, dim, node))
+            elif isinstance(value, LoopList):
+                op = tensor_ops.stack_loop if stacking else tensor_ops.concatenate_loop
+                results.append(op(value.element, dim, node))
+            elif isinstance(value, SequenceValue) and value.items:
+                same = _same_tensor(value.items)
+                if same is not None:
+                    count = Size(frozenset({str(len(value.items))}), value=len(value.items))
+                    op = tensor_ops.stack_copies if stacking else tensor_ops.concatenate_copies
+                    results.append(op(same, count, dim, node))
+        return join(tuple(results)) or (Tensor(None, source=compact_text(node)),)
+
+    def _einops(self, node, positional, keywords, scope) -> Alternatives:
+        if len(positional) < 2 or not isinstance(positional[1], cst.SimpleString):
+            return (Tensor(None, source=compact_text(node)),)
+        pattern = positional[1].evaluated_value
+        sizes = {key: self.size_of(value, scope) for key, value in keywords.items()}
+        tensors = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
+        return tuple(einops_patterns.apply_pattern(t, pattern, sizes, node) for t in tensors) or (UNKNOWN_VALUE,)
+
+    def _construct(self, name: str, node: cst.Call, scope: Scope) -> Tensor:
+        args = [a for a in node.args if a.keyword is None]
+        if name == "torch.full" and args:
+            args = args[:1]
+        elif name == "torch.randint" and len(args) >= 2:
+            # randint(high, size) or randint(low, high, size): the size is the last positional tuple.
+            args = args[-1:]
+        sizes = self._sizes_from_args(args, scope)
+        if not sizes:
+            return Tensor(None, source=compact_text(node))
+        axes = tuple(
+            SINGLETON if size.value == 1 else Axis((Factor(UNKNOWN, varying=True, sizes=size.texts),))
+            for size in sizes
+        )
+        return Tensor(axes, source=compact_text(node))
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Layers and consumers
+
+    def _build_layer(self, kind: str, node: cst.Call, scope: Scope) -> Layer:
+        spec = LAYER_SPECS[kind]
+        head_counts: frozenset = frozenset()
+        if spec.head_argument is not None:
+            argument = find_argument(node, *spec.head_argument)
+            if argument is not None:
+                head_counts = self.size_of(argument, scope).texts
+        batch_first = literal_bool(find_argument(node, "batch_first", None))
+        if spec.layer_argument is not None:
+            argument = find_argument(node, *spec.layer_argument)
+            if argument is not None:
+                for value in self.evaluate(argument, scope):
+                    if isinstance(value, Layer):
+                        head_counts = head_counts | value.head_counts
+                        if batch_first is None:
+                            batch_first = value.batch_first
+        return Layer(kind, head_counts, batch_first, text=compact_text(node))
+
+    def _build_container(self, kind: str, node: cst.Call, scope: Scope) -> Layer:
+        members: List[Layer] = []
+        for arg in node.args:
+            members.extend(_layers_in(self.evaluate(arg.value, scope)))
+        return Layer(kind, members=tuple(members), text=compact_text(node))
+
+    def _subscript_of(self, base: Value, node: cst.Subscript, scope: Scope) -> Alternatives:
+        if isinstance(base, Tensor):
+            return (self._index_tensor(base, node, scope),)
+        if isinstance(base, ShapeOf) and len(node.slice) == 1:
+            return (Size(frozenset({compact_text(node)})),)
+        if isinstance(base, Layer) and base.kind in CONTAINERS:
+            return tuple(base.members) or (UNKNOWN_VALUE,)
+        if isinstance(base, SequenceValue) and len(node.slice) == 1:
+            index = node.slice[0].slice
+            if isinstance(index, cst.Index):
+                position = _literal_int(index.value)
+                if position is not None and -len(base.items) <= position < len(base.items):
+                    return base.items[position]
+        if isinstance(base, DictValue) and len(node.slice) == 1:
+            index = node.slice[0].slice
+            if isinstance(index, cst.Index) and isinstance(index.value, cst.SimpleString):
+                found = base.get(index.value.evaluated_value)
+                if found is not None:
+                    return found
+        return (UNKNOWN_VALUE,)
+
+    def _index_tensor(self, tensor: Tensor, node: cst.Subscript, scope: Scope) -> Tensor:
+        """Index a tensor: `None` adds an axis, `:` and slices keep one, an integer drops one."""
+        entries = []
+        for element in node.slice:
+            item = element.slice
+            if isinstance(item, cst.Slice):
+                entries.append(self._slice_entry(item, scope))
+            elif isinstance(item.value, cst.Name) and item.value.value == "None":
+                entries.append(("new", None))
+            elif isinstance(item.value, cst.Ellipsis):
+                entries.append(("ellipsis", None))
+            else:
+                values = self.evaluate(item.value, scope)
+                if any(isinstance(v, LoopIndex) for v in values):
+                    entries.append(("loop_drop", None))
+                elif any(isinstance(v, IndexVector) for v in values):
+                    entries.append(("vector", next(v for v in values if isinstance(v, IndexVector))))
+                elif any(isinstance(v, Tensor) for v in values) and not _looks_scalar(item.value):
+                    return tensor_ops.unknown_like(tensor)
+                else:
+                    entries.append(("drop", None))
+
+        consuming = sum(1 for kind, _ in entries if kind not in ("new", "ellipsis"))
+        has_ellipsis = any(kind == "ellipsis" for kind, _ in entries)
+        if tensor.axes is None:
+            tensor = tensor_ops.materialize(tensor, tensor_ops.DEFAULT_RANK if has_ellipsis else consuming)
+        axes = list(tensor.axes)
+        if consuming > len(axes):
+            return tensor_ops.unknown_like(tensor)
+
+        if has_ellipsis:
+            split = next(i for i, (kind, _) in enumerate(entries) if kind == "ellipsis")
+            before, after = entries[:split], entries[split + 1 :]
+            after_consuming = sum(1 for kind, _ in after if kind != "new")
+            middle = axes[sum(1 for kind, _ in before if kind != "new") : len(axes) - after_consuming]
+            left = self._apply_entries(before, axes, node)
+            right = self._apply_entries(after, axes[len(axes) - after_consuming :], node)
+            if left is None or right is None:
+                return tensor_ops.unknown_like(tensor)
+            return tensor.with_axes(tuple(left[0] + middle + right[0]))
+
+        result = self._apply_entries(entries, axes, node)
+        if result is None:
+            return tensor_ops.unknown_like(tensor)
+        applied, remaining = result
+        return tensor.with_axes(tuple(applied + remaining))
+
+    def _apply_entries(self, entries, axes: List[Axis], node) -> Optional[Tuple[List[Axis], List[Axis]]]:
+        result: List[Axis] = []
+        position = 0
+        for kind, payload in entries:
+            if kind == "new":
+                result.append(Axis((), placed_by=OpRecord(node, "unsqueeze", (str(len(result)),))))
+                continue
+            if position >= len(axes):
+                return None
+            axis = axes[position]
+            position += 1
+            if kind == "keep":
+                result.append(axis)
+            elif kind == "loop_keep":
+                kept, _ = tensor_ops.pick_with_loop(axis, keep_axis=True)
+                result.append(kept)
+            elif kind == "vector":
+                gathered = tensor_ops.gather(Tensor((axis,)), payload, 0, node)
+                if gathered.axes is None:
+                    return None
+                result.append(gathered.axes[0])
+            elif kind in ("drop", "loop_drop"):
+                continue
+        return result, list(axes[position:])
+
+    def _slice_entry(self, item: cst.Slice, scope: Scope):
+        if item.lower is not None and isinstance(item.lower, cst.Name):
+            bound = scope.lookup(item.lower.value)
+            if bound and any(isinstance(v, LoopIndex) for v in bound):
+                return ("loop_keep", None)
+        return ("keep", None)
+
+    def _call_layer(self, layer: Layer, node: cst.Call, scope: Scope) -> Alternatives:
+        self._evaluate_arguments(node, scope)
+        layers = layer.members if layer.kind in CONTAINERS else (layer,)
+        for member in layers:
+            spec = LAYER_SPECS.get(member.kind)
+            if spec is None:
+                continue
+            for argument_name, position in spec.mask_arguments:
+                argument = find_argument(node, argument_name, position)
+                values = self.evaluate(argument, scope) if argument is not None else ()
+                values = join(values, self._from_double_star(node, argument_name, scope))
+                consumer = Consumer(
+                    member.kind, argument_name, member.head_counts, member.batch_first, compact_text(node.func), node
+                )
+                self._report(values, consumer, argument if argument is not None else node)
+        return (UNKNOWN_VALUE,)
+
+    def _check_functional(self, node: cst.Call, scope: Scope) -> None:
+        self._evaluate_arguments(node, scope)
+        heads_node = find_argument(node, *FUNCTIONAL_HEAD_ARGUMENT)
+        head_counts = self.size_of(heads_node, scope).texts if heads_node is not None else frozenset()
+        argument = find_argument(node, *FUNCTIONAL_MASK_ARGUMENT)
+        values = self.evaluate(argument, scope) if argument is not None else ()
+        values = join(values, self._from_double_star(node, "attn_mask", scope))
+        consumer = Consumer(FUNCTIONAL_MHA, "attn_mask", head_counts, None, compact_text(node.func), node)
+        self._report(values, consumer, argument if argument is not None else node)
+
+    def _check_wrapper(self, node: cst.Call, scope: Scope, callee: str) -> None:
+        argument = find_argument(node, WRAPPER_KEYWORD, None)
+        values = self.evaluate(argument, scope) if argument is not None else ()
+        values = join(values, self._from_double_star(node, WRAPPER_KEYWORD, scope))
+        if not values:
+            return
+        consumer = Consumer(UNKNOWN_CONSUMER, WRAPPER_KEYWORD, frozenset(), None, callee, node)
+        self._report(values, consumer, argument if argument is not None else node)
+
+    def _from_double_star(self, node: cst.Call, key: str, scope: Scope) -> Alternatives:
+        found: Alternatives = ()
+        for arg in node.args:
+            if arg.star != "**":
+                continue
+            for value in self.evaluate(arg.value, scope):
+                if isinstance(value, DictValue):
+                    entry = value.get(key)
+                    if entry is not None:
+                        found = join(found, entry)
+        return found
+
+    def _report(self, values: Alternatives, consumer: Consumer, argument: cst.CSTNode) -> None:
+        if not self._reporting:
+            return
+        for value in values:
+            if not isinstance(value, Tensor):
+                continue
+            tensor = value
+            if isinstance(argument, cst.BaseExpression) and not _is_plain_reference(argument):
+                tensor = tensor.with_step(Step(None, argument))
+            self.uses.append(MaskUse(tensor, consumer, argument))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Helpers without state
+
+_TORCH_FUNCTION_AS_METHOD = {
+    "torch.repeat_interleave": "repeat_interleave",
+    "torch.tile": "tile",
+    "torch.transpose": "transpose",
+    "torch.swapaxes": "transpose",
+    "torch.permute": "permute",
+    "torch.flatten": "flatten",
+    "torch.reshape": "reshape",
+    "torch.unsqueeze": "unsqueeze",
+    "torch.squeeze": "squeeze",
+    "torch.broadcast_to": "broadcast_to",
+    "torch.index_select": "index_select",
+    "torch.masked_fill": "masked_fill",
+    "torch.logical_not": "logical_not",
+    "torch.triu": "triu",
+    "torch.tril": "tril",
+    "torch.clone": "clone",
+}
+
+
+def _record_step(value: Alternatives, target: str, node: cst.BaseExpression) -> Alternatives:
+    if _is_plain_reference(node):
+        return value
+    return tuple(v.with_step(Step(target, node)) if isinstance(v, Tensor) else v for v in value)
+
+
+def _is_plain_reference(node: cst.CSTNode) -> bool:
+    return isinstance(node, cst.Name) or (isinstance(node, cst.Attribute) and dotted_name(node) is not None)
+
+
+def _is_size_expression(node: cst.BaseExpression) -> bool:
+    """True for integer-looking expressions: names, attributes, literals, `x.shape[0]`, `x.size(1)`, arithmetic."""
+    if isinstance(node, (cst.Integer, cst.Name, cst.Attribute)):
+        return True
+    if isinstance(node, cst.BinaryOperation):
+        return _is_size_expression(node.left) and _is_size_expression(node.right)
+    if isinstance(node, cst.Subscript):
+        return isinstance(node.value, cst.Attribute) and node.value.attr.value == "shape"
+    if isinstance(node, cst.Call):
+        name = dotted_name(node.func) or ""
+        return name.endswith(".size") or name in ("int", "len")
+    return False
+
+
+def _binary(first: Value, second: Value, operator, node) -> Value:
+    if isinstance(operator, cst.MatrixMultiply) and isinstance(first, Tensor) and isinstance(second, Tensor):
+        return tensor_ops.matmul(first, second)
+    if isinstance(first, Tensor) and isinstance(second, Tensor):
+        if first.axes is None and not first.steps and first.source and second.axes is not None:
+            return second
+        return tensor_ops.broadcast(first, second)
+    if isinstance(first, Tensor):
+        return first
+    if isinstance(second, Tensor):
+        return second
+    return UNKNOWN_VALUE
+
+
+def _same_tensor(items: Sequence[Alternatives]) -> Optional[Tensor]:
+    first = items[0]
+    if len(first) != 1 or not isinstance(first[0], Tensor):
+        return None
+    if all(item == first for item in items):
+        return first[0]
+    return None
+
+
+def _layers_in(values: Alternatives) -> List[Layer]:
+    layers: List[Layer] = []
+    for value in values:
+        if isinstance(value, Layer):
+            layers.append(value)
+        elif isinstance(value, SequenceValue):
+            for item in value.items:
+                layers.extend(_layers_in(item))
+        elif isinstance(value, DictValue):
+            for _, item in value.entries:
+                layers.extend(_layers_in(item))
+        elif isinstance(value, RepeatedList):
+            continue
+    return layers
+
+
+def _loop_elements(values: Alternatives) -> Alternatives:
+    elements: List[Value] = []
+    for value in values:
+        if isinstance(value, Layer) and value.kind in CONTAINERS:
+            elements.extend(value.members)
+        elif isinstance(value, SequenceValue):
+            for item in value.items:
+                elements.extend(item)
+    return tuple(elements) or (UNKNOWN_VALUE,)
+
+
+def _literal_int(node: Optional[cst.BaseExpression]) -> Optional[int]:
+    if isinstance(node, cst.Integer):
+        return int(node.evaluated_value)
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
+        inner = _literal_int(node.expression)
+        return None if inner is None else -inner
+    return None
+
+
+def _int_argument(positional, keywords, index: int, keyword: str) -> Optional[int]:
+    if keyword in keywords:
+        return _literal_int(keywords[keyword])
+    if len(positional) > index:
+        return _literal_int(positional[index])
+    return None
+
+
+def _int_list(positional) -> Optional[List[int]]:
+    if len(positional) == 1 and isinstance(positional[0], (cst.Tuple, cst.List)):
+        positional = [e.value for e in positional[0].elements]
+    values = [_literal_int(p) for p in positional]
+    if not values or None in values:
+        return None
+    return values
+
+
+def _is_dtype(node: cst.BaseExpression, imports: ImportTable) -> bool:
+    name = imports.resolve(node) or ""
+    return name.startswith("torch.") and name.split(".")[-1] in (
+        "bool", "float", "float32", "float16", "bfloat16", "float64", "double", "half", "int", "long", "uint8",
+        "int8", "int32", "int64",
+    )
+
+
+def _looks_scalar(node: cst.BaseExpression) -> bool:
+    return isinstance(node, (cst.Integer, cst.Name, cst.Attribute, cst.BinaryOperation, cst.UnaryOperation))
+
+
+def iter_steps(tensor: Tensor) -> Iterable[Step]:
+    return iter(tensor.steps)

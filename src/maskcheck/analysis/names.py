@@ -1,0 +1,121 @@
+"""Imports, canonical names of torch objects, and the source text of expressions."""
+
+from __future__ import annotations
+
+from typing import Dict, FrozenSet, Iterable, Optional
+
+import libcst as cst
+
+# torch re-exports its layers from several modules; map every public spelling to one canonical name.
+_CANONICAL_PREFIXES = {
+    "torch.nn.modules.activation.": "torch.nn.",
+    "torch.nn.modules.transformer.": "torch.nn.",
+    "torch.nn.modules.container.": "torch.nn.",
+    "torch.nn.parameter.": "torch.nn.",
+    "torch.nn.modules.": "torch.nn.",
+}
+
+_EMPTY_MODULE = cst.Module(body=[])
+
+
+def canonical(name: str) -> str:
+    """Return the canonical dotted name, e.g. `torch.nn.modules.activation.MultiheadAttention` ->
+    `torch.nn.MultiheadAttention`."""
+    for prefix, replacement in _CANONICAL_PREFIXES.items():
+        if name.startswith(prefix):
+            return replacement + name[len(prefix) :]
+    return name
+
+
+def source_text(node: cst.CSTNode) -> str:
+    """Return the exact source text of a node (comments and line breaks inside it included)."""
+    return _EMPTY_MODULE.code_for_node(node)
+
+
+def compact_text(node: cst.CSTNode) -> str:
+    """Return the node's text with all whitespace removed, for comparing expressions (`self.num_heads`)."""
+    return "".join(source_text(node).split())
+
+
+def dotted_name(node: cst.BaseExpression) -> Optional[str]:
+    """Return `a.b.c` for a Name or an Attribute chain of Names, else None."""
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = dotted_name(node.value)
+        return None if base is None else f"{base}.{node.attr.value}"
+    return None
+
+
+class ImportTable:
+    """Maps local names to the canonical dotted names they were imported as."""
+
+    def __init__(self) -> None:
+        self._aliases: Dict[str, str] = {}
+
+    @classmethod
+    def from_module(cls, module: cst.Module) -> "ImportTable":
+        table = cls()
+        table._collect(module)
+        return table
+
+    def _collect(self, module: cst.Module) -> None:
+        # Imports inside functions and `if TYPE_CHECKING:` blocks count too: names rarely collide in model code.
+        for node in _walk_imports(module):
+            if isinstance(node, cst.Import):
+                self._add_import(node)
+            else:
+                self._add_import_from(node)
+
+    def _add_import(self, node: cst.Import) -> None:
+        for alias in node.names:
+            full = dotted_name(alias.name)
+            if full is None:
+                continue
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                self._aliases[alias.asname.name.value] = full
+            else:
+                # `import torch.nn` binds `torch`; attribute access then spells the rest out.
+                first = full.split(".")[0]
+                self._aliases[first] = first
+
+    def _add_import_from(self, node: cst.ImportFrom) -> None:
+        if node.relative or node.module is None:
+            return
+        module_name = dotted_name(node.module)
+        if module_name is None or isinstance(node.names, cst.ImportStar):
+            return
+        for alias in node.names:
+            imported = dotted_name(alias.name)
+            if imported is None:
+                continue
+            local = imported
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                local = alias.asname.name.value
+            self._aliases[local] = f"{module_name}.{imported}"
+
+    def resolve(self, node: cst.BaseExpression) -> Optional[str]:
+        """Return the canonical name a Name or Attribute chain refers to through the imports, or None."""
+        text = dotted_name(node)
+        if text is None:
+            return None
+        head, _, rest = text.partition(".")
+        target = self._aliases.get(head)
+        if target is None:
+            return None
+        return canonical(f"{target}.{rest}" if rest else target)
+
+    def names_imported(self) -> FrozenSet[str]:
+        return frozenset(self._aliases.values())
+
+
+def _walk_imports(module: cst.Module) -> Iterable[cst.CSTNode]:
+    stack: list = [module]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.Import, cst.ImportFrom)):
+            yield node
+            continue
+        if isinstance(node, (cst.BaseExpression,)):
+            continue
+        stack.extend(reversed(node.children))

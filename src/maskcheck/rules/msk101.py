@@ -1,0 +1,432 @@
+"""MSK101: a (N*num_heads, L, S) attention mask laid out head-major.
+
+nn.MultiheadAttention, F.multi_head_attention_forward and the nn.Transformer* layers read slot b*num_heads + h of a
+3-D mask as example b, head h (batch-major; measured on PyTorch 2.13). `m.repeat(num_heads, 1, 1)`, `tile`,
+`torch.cat([m] * num_heads)`, `stack(..., dim=0)`, einops `(h b)` and a transpose before flattening all put the
+head outside the example (head-major), so with N > 1 and H > 1 most heads get another example's mask. Nothing
+raises or warns. The same order is wrong the other way round for per-head data: an (H, L, S) bias must be
+`repeat`ed by the batch size, and `repeat_interleave` is the bug there.
+"""
+
+from __future__ import annotations
+
+from typing import FrozenSet, List, Optional, Tuple
+
+import libcst as cst
+
+from maskcheck.analysis.consumers import UNKNOWN_CONSUMER
+from maskcheck.analysis.einops_patterns import swap_group
+from maskcheck.analysis.interpreter import MaskUse
+from maskcheck.analysis.names import source_text
+from maskcheck.analysis.values import BATCH, HEAD, LOOP, UNKNOWN, Axis, Factor, OpRecord
+from maskcheck.chain import SOURCE_EXAMPLE, SOURCE_EXAMPLE_HEAD, SOURCE_HEAD
+from maskcheck.rules import Issue
+from maskcheck.settings import Settings
+
+CODE = "MSK101"
+TITLE = "head-major attention mask layout"
+
+# Names that mean "batch size" when nothing else tells what an axis holds.
+BATCH_SIZE_NAMES = frozenset({"batch_size", "bsz", "bs", "batch", "n_batch", "nbatch", "num_batch", "batchsize"})
+
+_MAX_QUOTED = 90
+
+
+def check(use: MaskUse, settings: Settings) -> List[Issue]:
+    tensor = use.tensor
+    if tensor.axes is None or len(tensor.axes) != 3:
+        return []
+    heads = _HeadCounts(use.consumer.head_counts, settings.head_count_names)
+
+    scrambled = _check_scrambled(use, heads)
+    if scrambled is not None:
+        return [scrambled]
+    issue = _check_head_major(use, heads)
+    return [issue] if issue is not None else []
+
+
+class _HeadCounts:
+    """Decides whether a size text is the head count of the consumer that the mask reaches."""
+
+    def __init__(self, consumer_counts: FrozenSet[str], names: FrozenSet[str]) -> None:
+        self.consumer_counts = {_without_self(text) for text in consumer_counts}
+        self.names = names
+
+    def evidence(self, texts: FrozenSet[str]) -> Optional[str]:
+        for text in sorted(texts, key=len):
+            if _without_self(text) in self.consumer_counts:
+                return f"`{text}` is the head count the layer was built with"
+        for text in sorted(texts, key=len):
+            if text.rsplit(".", 1)[-1] in self.names:
+                return f"`{text}` names the head count"
+        return None
+
+
+def _without_self(text: str) -> str:
+    return text[5:] if text.startswith("self.") else text
+
+
+def _resolve(factor: Factor, heads: _HeadCounts) -> Tuple[str, str]:
+    """Return a factor's role and the evidence for it."""
+    if factor.role in (BATCH, HEAD, LOOP):
+        return factor.role, factor.evidence
+    head_evidence = heads.evidence(factor.sizes)
+    if head_evidence is not None:
+        return HEAD, head_evidence
+    for text in sorted(factor.sizes, key=len):
+        if text.rsplit(".", 1)[-1] in BATCH_SIZE_NAMES:
+            return BATCH, f"`{text}` names the batch size"
+    return UNKNOWN, ""
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The checks
+
+
+def _check_scrambled(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
+    """Head copies on the query or key axis: a reshape cut the mask at the wrong place (`repeat(1, 1, H).view(...)`)."""
+    for axis in use.tensor.axes[1:]:
+        if axis.merged_by is None:
+            continue
+        if any(_resolve(f, heads)[0] == HEAD for f in axis.factors):
+            node = axis.merged_by.node
+            expression = _quote(node)
+            head_text = _head_text(axis, heads, node)
+            root = _root_receiver(node)
+            replacement = f"{root}.repeat_interleave({head_text}, dim=0)" if root and head_text else None
+            fix = f"use `{replacement}`" if replacement else "repeat along axis 0 with `repeat_interleave`"
+            message = (
+                f"`{expression}` moves the head copies into the query or key axis of the mask, so every slot gets "
+                f"rows of the wrong mask; {fix} instead"
+            )
+            return Issue(CODE, node, message, replacement, use=use, source_kind=SOURCE_EXAMPLE)
+    return None
+
+
+def _check_head_major(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
+    axis = use.tensor.axes[0]
+    if axis.merged_by is None or len(axis.factors) != 2:
+        return None
+    (outer, inner) = axis.factors
+    (outer_role, outer_evidence), (inner_role, inner_evidence) = _resolve(outer, heads), _resolve(inner, heads)
+
+    contract = _contract_evidence(use)
+    if outer_role == HEAD and inner_role in (BATCH, UNKNOWN):
+        head, batch = outer, inner
+        evidence = [outer_evidence, inner_evidence or contract]
+    elif outer_role == UNKNOWN and inner_role == BATCH:
+        head, batch = outer, inner
+        evidence = [inner_evidence, "the other factor must be the head count, " + contract]
+    else:
+        return None
+    if not (head.varying or batch.varying):
+        # Both factors are copies (a shared 2-D mask expanded both ways): every slot holds the same mask.
+        return None
+
+    node = axis.merged_by.node
+    head_text = _head_text(axis, heads, node)
+    replacement = _replacement(use, axis, head, batch, head_text)
+    message = _message(use, node, head, batch, replacement, [e for e in evidence if e])
+    return Issue(
+        CODE,
+        node,
+        message,
+        replacement,
+        use=use,
+        source_kind=_source_kind(head, batch),
+        sizes=_size_roles(use, head, batch),
+    )
+
+
+def _contract_evidence(use: MaskUse) -> str:
+    if use.consumer.kind == UNKNOWN_CONSUMER:
+        return f"so the batch is the other factor if `{use.consumer.callee}` passes `attn_mask` on"
+    return "so the other factor is the batch, as the (N*num_heads, L, S) shape requires"
+
+
+def _source_kind(head: Factor, batch: Factor) -> str:
+    if head.varying and batch.varying:
+        return SOURCE_EXAMPLE_HEAD
+    if head.varying:
+        return SOURCE_HEAD
+    return SOURCE_EXAMPLE
+
+
+def _size_roles(use: MaskUse, head: Factor, batch: Factor) -> Tuple[Tuple[str, str], ...]:
+    roles = {}
+    for text in head.sizes:
+        roles[text] = "H"
+    for text in batch.sizes:
+        roles.setdefault(text, "N")
+    for axis, role in zip(use.tensor.axes[1:], ("L", "S")):
+        for factor in axis.factors:
+            for text in factor.sizes:
+                roles.setdefault(text, role)
+    return tuple(sorted(roles.items()))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Message
+
+
+def _message(use: MaskUse, node, head: Factor, batch: Factor, replacement: Optional[str], evidence: List[str]) -> str:
+    expression = _quote(node)
+    if head.varying and batch.varying:
+        received = "the mask of example 1, head 0"
+    elif head.varying:
+        received = "head 0's mask"
+    else:
+        received = "example 1's mask"
+    consumer = _consumer_phrase(use)
+    fix = f"use `{replacement}`" if replacement else "make the batch the outer factor of axis 0"
+    text = (
+        f"`{expression}` lays out the (N*num_heads, L, S) mask head-major, but {consumer} reads slot "
+        f"b*num_heads + h as example b, head h, so slot 1 (example 0, head 1) gets {received}; {fix} instead"
+    )
+    if evidence:
+        text += f" (evidence: {'; '.join(evidence)})"
+    return text
+
+
+def _consumer_phrase(use: MaskUse) -> str:
+    consumer = use.consumer
+    if consumer.kind == UNKNOWN_CONSUMER:
+        return f"`{consumer.callee}` takes `attn_mask` (not a known attention layer, so this is less certain) and"
+    short = consumer.kind.replace("torch.nn.functional.", "F.").replace("torch.nn.", "nn.")
+    return f"{short} (`{consumer.callee}`, argument `{consumer.argument}`)"
+
+
+def _quote(node: cst.CSTNode) -> str:
+    text = " ".join(source_text(node).split())
+    if len(text) > _MAX_QUOTED:
+        text = text[: _MAX_QUOTED - 3] + "..."
+    return text
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Replacement
+
+
+def _head_text(axis: Axis, heads: _HeadCounts, node: cst.CSTNode) -> Optional[str]:
+    code = source_text(node)
+    candidates = [text for f in axis.factors if _resolve(f, heads)[0] == HEAD for text in f.sizes]
+    present = [text for text in candidates if text in code]
+    pool = present or candidates
+    return min(pool, key=len) if pool else None
+
+
+def _replacement(use: MaskUse, axis: Axis, head: Factor, batch: Factor, head_text: Optional[str]) -> Optional[str]:
+    record = axis.merged_by
+    node = record.node
+    rewritten = None
+    if record.kind in ("repeat", "tile"):
+        rewritten = _rewrite_repeat(node, head_text)
+    elif record.kind == "cat":
+        rewritten = _rewrite_cat(node)
+    elif record.kind == "repeat_interleave":
+        rewritten = _rewrite_interleave_of_head_data(node, use)
+    elif record.kind == "einops":
+        rewritten = _rewrite_einops(node, record, head, batch)
+    elif record.kind in ("flatten", "reshape") and axis.placed_by is not None:
+        rewritten = _rewrite_cause(node, axis.placed_by)
+    if rewritten is None and not head.varying and head_text:
+        root = _root_receiver(node)
+        if root is not None:
+            rewritten = f"{root}.repeat_interleave({head_text}, dim=0)"
+    return rewritten
+
+
+def _call_parts(node: cst.CSTNode) -> Optional[Tuple[str, str, List[cst.Arg]]]:
+    """Split `X.method(args)` into (X text, method, args)."""
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        return source_text(node.func.value), node.func.attr.value, list(node.args)
+    return None
+
+
+def _counts(args: List[cst.Arg]) -> List[str]:
+    if len(args) == 1 and isinstance(args[0].value, (cst.Tuple, cst.List)):
+        return [source_text(e.value) for e in args[0].value.elements]
+    return [source_text(a.value) for a in args if a.keyword is None]
+
+
+def _rewrite_repeat(node: cst.CSTNode, head_text: Optional[str]) -> Optional[str]:
+    parts = _call_parts(node)
+    if parts is None:
+        return None
+    receiver, method, args = parts
+    if method == "tile" and isinstance(node.func.value, (cst.Name, cst.Attribute)) and receiver == "torch":
+        # torch.tile(x, dims)
+        if len(args) < 2:
+            return None
+        receiver = source_text(args[0].value)
+        args = args[1:]
+    counts = _counts(args)
+    if not counts:
+        return None
+    head = counts[0]
+    rest = counts[1:]
+    base = _wrap(receiver)
+    if any(count.strip() != "1" for count in rest):
+        base = f"{base}.repeat(1, {', '.join(rest)})"
+    return f"{base}.repeat_interleave({head}, dim=0)"
+
+
+def _rewrite_cat(node: cst.CSTNode) -> Optional[str]:
+    if not isinstance(node, cst.Call) or not node.args:
+        return None
+    first = node.args[0].value
+    if not isinstance(first, cst.BinaryOperation):
+        return None
+    if isinstance(first.left, cst.List) and len(first.left.elements) == 1:
+        element, count = first.left.elements[0].value, first.right
+    elif isinstance(first.right, cst.List) and len(first.right.elements) == 1:
+        element, count = first.right.elements[0].value, first.left
+    else:
+        return None
+    return f"{_wrap(source_text(element))}.repeat_interleave({source_text(count)}, dim=0)"
+
+
+def _rewrite_interleave_of_head_data(node: cst.CSTNode, use: MaskUse) -> Optional[str]:
+    parts = _call_parts(node)
+    if parts is None:
+        return None
+    receiver, _, args = parts
+    positional = [a for a in args if a.keyword is None]
+    repeats = next((a for a in args if a.keyword is not None and a.keyword.value == "repeats"), None)
+    count = source_text((repeats or positional[0]).value) if (repeats or positional) else None
+    if count is None:
+        return None
+    ones = ", ".join(["1"] * (len(use.tensor.axes) - 1))
+    return f"{_wrap(receiver)}.repeat({count}, {ones})"
+
+
+def _rewrite_einops(node: cst.CSTNode, record: OpRecord, head: Factor, batch: Factor) -> Optional[str]:
+    if not isinstance(node, cst.Call) or len(node.args) < 2:
+        return None
+    pattern_node = node.args[1].value
+    if not isinstance(pattern_node, cst.SimpleString):
+        return None
+    pattern = pattern_node.evaluated_value
+    _, _, right = pattern.partition("->")
+    for group in _groups(right):
+        if len(group) == 2:
+            swapped = swap_group(pattern, group[0], group[1])
+            if swapped is not None:
+                quote = pattern_node.quote
+                new_string = pattern_node.with_changes(value=f"{pattern_node.prefix}{quote}{swapped}{quote}")
+                return source_text(node.deep_replace(pattern_node, new_string))
+    return None
+
+
+def _groups(side: str) -> List[List[str]]:
+    groups = []
+    depth_start = None
+    for index, char in enumerate(side):
+        if char == "(":
+            depth_start = index + 1
+        elif char == ")" and depth_start is not None:
+            groups.append(side[depth_start:index].split())
+            depth_start = None
+    return groups
+
+
+def _rewrite_cause(node: cst.CSTNode, cause: OpRecord) -> Optional[str]:
+    """Fix the call that put the head axis before the batch axis, when it sits inside the flagged expression."""
+    if not _contains(node, cause.node):
+        return None
+    if cause.kind in ("transpose", "permute") and isinstance(cause.node, cst.Call):
+        receiver = cause.node.func.value if isinstance(cause.node.func, cst.Attribute) else None
+        if receiver is None:
+            return None
+        return source_text(node.deep_replace(cause.node, receiver))
+    if cause.kind == "stack" and isinstance(cause.node, cst.Call) and cause.node.args:
+        first = source_text(cause.node.args[0].value)
+        fixed = cst.parse_expression(f"{source_text(cause.node.func)}({first}, dim=1)")
+        return source_text(node.deep_replace(cause.node, fixed))
+    if cause.kind == "unsqueeze":
+        return _rewrite_new_leading_axis(node, cause.node)
+    if cause.kind == "expand" and isinstance(cause.node, cst.Call):
+        parts = _call_parts(cause.node)
+        if parts is None:
+            return None
+        receiver, method, args = parts
+        sizes = _counts(args)
+        if len(sizes) < 2:
+            return None
+        swapped = [sizes[1], sizes[0]] + sizes[2:]
+        fixed = cst.parse_expression(f"{_wrap(receiver)}.unsqueeze(1).{method}({', '.join(swapped)})")
+        return source_text(node.deep_replace(cause.node, fixed))
+    return None
+
+
+def _rewrite_new_leading_axis(node: cst.CSTNode, inserted: cst.CSTNode) -> Optional[str]:
+    """`X.unsqueeze(0).expand(H, ...)` -> `X.unsqueeze(1).expand(-1, H, ...)`; `X[None]` -> `X[:, None]`."""
+    copier = _find_call_on(node, inserted)
+    if copier is None:
+        return None
+    if isinstance(inserted, cst.Call) and isinstance(inserted.func, cst.Attribute):
+        new_axis = f"{_wrap(source_text(inserted.func.value))}.unsqueeze(1)"
+    elif isinstance(inserted, cst.Subscript) and len(inserted.slice) == 1:
+        new_axis = f"{_wrap(source_text(inserted.value))}[:, None]"
+    else:
+        return None
+    method = copier.func.attr.value
+    sizes = _counts(list(copier.args))
+    if len(sizes) < 2:
+        return None
+    keep = "-1" if method in ("expand", "broadcast_to") else "1"
+    first_kept = sizes[1] if sizes[1].strip() not in ("-1", "1") else keep
+    swapped = [first_kept, sizes[0]] + sizes[2:]
+    fixed = cst.parse_expression(f"{new_axis}.{method}({', '.join(swapped)})")
+    return source_text(node.deep_replace(copier, fixed))
+
+
+def _find_call_on(node: cst.CSTNode, receiver: cst.CSTNode) -> Optional[cst.Call]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if (
+            isinstance(current, cst.Call)
+            and isinstance(current.func, cst.Attribute)
+            and current.func.value is receiver
+            and current.func.attr.value in ("expand", "broadcast_to", "repeat", "tile")
+        ):
+            return current
+        stack.extend(current.children)
+    return None
+
+
+def _contains(node: cst.CSTNode, target: cst.CSTNode) -> bool:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current is target:
+            return True
+        stack.extend(current.children)
+    return False
+
+
+def _root_receiver(node: cst.CSTNode) -> Optional[str]:
+    """The value a method chain starts from: `m` in `m.unsqueeze(0).expand(...).reshape(...)`."""
+    current = node
+    while True:
+        if isinstance(current, cst.Call) and isinstance(current.func, cst.Attribute):
+            current = current.func.value
+        elif isinstance(current, cst.Subscript):
+            current = current.value
+        else:
+            break
+    if current is node or not isinstance(current, (cst.Name, cst.Attribute)):
+        return None
+    return source_text(current)
+
+
+def _wrap(text: str) -> str:
+    """Parenthesise an expression that a method call would otherwise bind to only in part (`~m`, `a * b`)."""
+    try:
+        expression = cst.parse_expression(text)
+    except cst.ParserSyntaxError:
+        return f"({text})"
+    if isinstance(expression, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) or expression.lpar:
+        return text
+    return f"({text})"

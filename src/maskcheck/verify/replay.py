@@ -1,0 +1,473 @@
+"""A restricted interpreter that rebuilds a mask from the expressions of a construction chain.
+
+It walks libcst expression nodes itself and never imports, compiles or evaluates the user's code. Names resolve
+only to the synthetic source, the size expressions the analyser recorded, the targets of earlier steps, and the
+`torch`, `einops`, `F` and `nn` namespaces. Only the operations in `tensor_ops` run; anything else raises
+ReplayError naming the expression and its position in the user's file.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+from maskcheck.verify.tensor_ops import MAX_DIM_SIZE, MAX_ELEMENTS, ReplayError, TensorOps, short_text
+
+# Upper bound on evaluated nodes per step, so nested comprehensions cannot run for minutes.
+MAX_EVALUATIONS = 100_000
+
+__all__ = ["MAX_DIM_SIZE", "MAX_ELEMENTS", "ReplayError", "Step", "normalise_text", "parse_step", "replay_steps"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One expression to replay: the name it binds (or None), its exact source text and where that text starts.
+
+    `line` is 1-based and `col` is the 1-based column of the text's first character.
+    """
+
+    target: Optional[str]
+    code: str
+    line: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A module or function reached through `torch`, `einops`, `F` or `nn`, by its qualified name."""
+
+    qualname: str
+
+
+# Bare names that resolve without a binding. `repeat` and `rearrange` stand for `from einops import repeat,
+# rearrange`: the chain carries no imports, and both take a pattern string, so any other meaning fails loudly.
+_GLOBAL_NAMES: Dict[str, str] = {
+    "torch": "torch",
+    "einops": "einops",
+    "F": "torch.nn.functional",
+    "nn": "torch.nn",
+    "repeat": "einops.repeat",
+    "rearrange": "einops.rearrange",
+    "range": "builtins.range",
+    "float": "builtins.float",
+}
+
+_DTYPE_NAMES = frozenset(
+    {
+        "bool", "float", "float32", "float16", "half", "bfloat16", "double", "float64",
+        "long", "int64", "int", "int32", "short", "int16", "int8", "uint8",
+    }
+)
+
+# Keyword arguments that never change a tensor's layout or values on the CPU. They are skipped unevaluated, so
+# `device=x.device` needs no binding for `x`.
+_IGNORED_KEYWORDS = frozenset({"device", "non_blocking", "pin_memory", "memory_format", "layout", "requires_grad", "copy"})
+
+_BINARY_OPERATORS: Dict[type, Callable[[Any, Any], Any]] = {
+    cst.Add: lambda a, b: a + b,
+    cst.Subtract: lambda a, b: a - b,
+    cst.Multiply: lambda a, b: a * b,
+    cst.FloorDivide: lambda a, b: a // b,
+    cst.Modulo: lambda a, b: a % b,
+    cst.BitAnd: lambda a, b: a & b,
+    cst.BitOr: lambda a, b: a | b,
+    cst.BitXor: lambda a, b: a ^ b,
+}
+
+_COMPARISON_OPERATORS: Dict[type, Callable[[Any, Any], Any]] = {
+    cst.Equal: lambda a, b: a == b,
+    cst.NotEqual: lambda a, b: a != b,
+    cst.LessThan: lambda a, b: a < b,
+    cst.LessThanEqual: lambda a, b: a <= b,
+    cst.GreaterThan: lambda a, b: a > b,
+    cst.GreaterThanEqual: lambda a, b: a >= b,
+}
+
+_MISSING = object()
+
+
+def normalise_text(text: str) -> str:
+    """Return `text` without comments, whitespace or redundant outer parentheses, for matching names to bindings."""
+    if "#" in text:
+        text = re.sub(r"#[^\n]*", "", text)
+    text = "".join(text.split())
+    while text.startswith("(") and text.endswith(")") and _outer_parentheses_match(text):
+        text = text[1:-1]
+    return text
+
+
+def _outer_parentheses_match(text: str) -> bool:
+    depth = 0
+    for index, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0 and index != len(text) - 1:
+                return False
+    return depth == 0
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_step(code: str) -> Tuple[cst.Module, cst.BaseExpression]:
+    """Parse one step's source text into a module (for positions) and its expression.
+
+    The text is wrapped in parentheses so that code spanning lines and trailing comments parse as they did inside
+    the user's statement. Raises ReplayError when the text is not a single expression.
+    """
+    problem = "is not a single Python expression"
+    try:
+        module = cst.parse_module("(" + code + "\n)\n")
+    except cst.ParserSyntaxError:
+        raise ReplayError("the step's text", problem) from None
+    statement = module.body[0] if len(module.body) == 1 else None
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        raise ReplayError("the step's text", problem)
+    expression = statement.body[0]
+    if not isinstance(expression, cst.Expr):
+        raise ReplayError("the step's text", problem)
+    return module, expression.value
+
+
+def _position(module: cst.Module, node: cst.CSTNode, step: Step) -> Tuple[int, int]:
+    """Map a node of the parenthesised step text back to a 1-based line and column in the user's file."""
+    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    try:
+        start = wrapper.resolve(PositionProvider)[node].start
+    except KeyError:
+        return step.line, step.col
+    if start.line == 1:
+        # One character of the first line is the "(" that parse_step added.
+        return step.line, step.col + start.column - 1
+    return step.line + start.line - 1, start.column + 1
+
+
+def replay_steps(
+    steps: Sequence[Step],
+    bindings: Mapping[str, Any],
+    torch: Any,
+    einops: Any,
+    replacement: Optional[Tuple[int, str]] = None,
+) -> Any:
+    """Evaluate the steps in order and return the last step's value.
+
+    `bindings` maps source texts (the source name, each size expression) to their values, and each step's target
+    is bound for the steps after it. `replacement` swaps the code of one step (by index) for another text.
+    Raises ReplayError whose message names the failing expression and its line:col in the user's file.
+    """
+    environment = {normalise_text(text): value for text, value in bindings.items()}
+    operations = TensorOps(torch, einops)
+    value: Any = None
+    for index, step in enumerate(steps):
+        replaced = replacement is not None and replacement[0] == index
+        code = replacement[1] if replacement is not None and replaced else step.code
+        where_suffix = " in the replacement text" if replaced else ""
+        try:
+            module, expression = parse_step(code)
+        except ReplayError as error:
+            raise ReplayError(f"{error.subject} at {step.line}:{step.col}{where_suffix}", error.problem) from None
+
+        interpreter = _Interpreter(operations, environment)
+        try:
+            value = interpreter.evaluate(expression)
+        except ReplayError as error:
+            line, col = (step.line, step.col) if error.node is None else _position(module, error.node, step)
+            raise ReplayError(f"{error.subject} at {line}:{col}{where_suffix}", error.problem) from None
+        except RecursionError:
+            raise ReplayError(
+                f"the expression at {step.line}:{step.col}{where_suffix}", "nests too deeply to replay"
+            ) from None
+
+        if step.target is not None:
+            environment[normalise_text(step.target)] = value
+    return value
+
+
+class _Interpreter:
+    """Evaluates one expression tree over an environment keyed by normalised source text."""
+
+    def __init__(self, operations: TensorOps, environment: Dict[str, Any]) -> None:
+        self.operations = operations
+        self.torch = operations.torch
+        self.environment = environment
+        self.evaluations = 0
+
+    def evaluate(self, node: cst.BaseExpression) -> Any:
+        self.evaluations += 1
+        if self.evaluations > MAX_EVALUATIONS:
+            raise ReplayError(short_text(node), f"needs more than {MAX_EVALUATIONS} evaluation steps; rejected", node)
+
+        if isinstance(node, (cst.Name, cst.Attribute, cst.Subscript, cst.Call)):
+            key = normalise_text(cst.Module(body=[]).code_for_node(node))
+            if key in self.environment:
+                return self.environment[key]
+
+        handler = self._HANDLERS.get(type(node))
+        if handler is None:
+            problem = f"is a {type(node).__name__} expression, which is not in the replay allow-list"
+            raise ReplayError(short_text(node), problem, node)
+        return handler(self, node)
+
+    # -- names and literals ---------------------------------------------------------------------------------
+
+    def _name(self, node: cst.Name) -> Any:
+        constants = {"True": True, "False": False, "None": None}
+        if node.value in constants:
+            return constants[node.value]
+        if node.value in _GLOBAL_NAMES:
+            return Namespace(_GLOBAL_NAMES[node.value])
+        raise ReplayError(
+            f"name `{node.value}`",
+            "is not bound: only the source, the recorded size expressions, earlier steps and torch, einops, F "
+            "and nn can be replayed",
+            node,
+        )
+
+    def _integer(self, node: cst.Integer) -> int:
+        return int(node.evaluated_value)
+
+    def _float(self, node: cst.Float) -> float:
+        return float(node.evaluated_value)
+
+    def _string(self, node: cst.BaseString) -> str:
+        value = node.evaluated_value
+        if not isinstance(value, str):
+            raise ReplayError(short_text(node), "is a bytes literal, which the replay does not take", node)
+        return value
+
+    def _ellipsis(self, node: cst.Ellipsis) -> Any:
+        return Ellipsis
+
+    # -- operators ------------------------------------------------------------------------------------------
+
+    def _unary(self, node: cst.UnaryOperation) -> Any:
+        operand = self._plain(node.expression)
+        operators: Dict[type, Callable[[Any], Any]] = {
+            cst.BitInvert: lambda value: ~value,
+            cst.Minus: lambda value: -value,
+            cst.Plus: lambda value: +value,
+        }
+        operator = operators.get(type(node.operator))
+        if operator is None:
+            raise ReplayError(short_text(node), "uses an operator that is not in the replay allow-list", node)
+        return self.operations.run(node, lambda: operator(operand))
+
+    def _binary(self, node: cst.BinaryOperation) -> Any:
+        left = self._plain(node.left)
+        right = self._plain(node.right)
+        if isinstance(node.operator, cst.Power):
+            return self._power(node, left, right)
+        operator = _BINARY_OPERATORS.get(type(node.operator))
+        if operator is None:
+            raise ReplayError(short_text(node), "uses an operator that is not in the replay allow-list", node)
+
+        if isinstance(node.operator, cst.Multiply) and isinstance(left, list) != isinstance(right, list):
+            items, count = (left, right) if isinstance(left, list) else (right, left)
+            if not isinstance(count, int):
+                raise ReplayError(short_text(node), "repeats a list by something that is not an integer", node)
+            self.operations.check_count(node, count * max(len(items), 1), "list length")
+        elif self.operations.is_tensor(left) and self.operations.is_tensor(right):
+            self.operations.check_broadcast(node, left.shape, right.shape)
+        return self.operations.run(node, lambda: operator(left, right))
+
+    def _power(self, node: cst.BinaryOperation, base: Any, exponent: Any) -> Any:
+        if not (isinstance(base, int) and isinstance(exponent, int)):
+            raise ReplayError(short_text(node), "uses `**`, which the replay takes on integers only", node)
+        if exponent > 64 and abs(base) > 1:
+            raise ReplayError(short_text(node), f"is far over the replay limit of {MAX_DIM_SIZE}; rejected", node)
+        return base**exponent
+
+    def _comparison(self, node: cst.Comparison) -> Any:
+        if len(node.comparisons) != 1:
+            raise ReplayError(short_text(node), "is a chained comparison, which the replay does not take", node)
+        target = node.comparisons[0]
+        operator = _COMPARISON_OPERATORS.get(type(target.operator))
+        if operator is None:
+            raise ReplayError(short_text(node), "uses an operator that is not in the replay allow-list", node)
+        left = self._plain(node.left)
+        right = self._plain(target.comparator)
+        if self.operations.is_tensor(left) and self.operations.is_tensor(right):
+            self.operations.check_broadcast(node, left.shape, right.shape)
+        return self.operations.run(node, lambda: operator(left, right))
+
+    # -- containers -----------------------------------------------------------------------------------------
+
+    def _sequence(self, node: Any) -> Any:
+        items: List[Any] = []
+        for element in node.elements:
+            value = self._plain(element.value)
+            if isinstance(element, cst.StarredElement):
+                items.extend(self._unpacked(element, value))
+            else:
+                items.append(value)
+            self.operations.check_count(node, len(items), "display length")
+        return tuple(items) if isinstance(node, cst.Tuple) else items
+
+    def _comprehension(self, node: Any) -> List[Any]:
+        clause = node.for_in
+        if clause.inner_for_in is not None or clause.asynchronous is not None:
+            raise ReplayError(short_text(node), "has more than one plain `for` clause, which the replay does not take", node)
+        if not isinstance(clause.target, cst.Name):
+            raise ReplayError(short_text(clause.target), "is not a single name, so the loop cannot be replayed", clause.target)
+
+        iterable = self._plain(clause.iter)
+        if not isinstance(iterable, (range, list, tuple)):
+            raise ReplayError(short_text(clause.iter), "is not range(...) or a list, so the loop cannot be replayed", clause.iter)
+        self.operations.check_count(clause.iter, len(iterable), "loop length")
+
+        key = clause.target.value
+        saved = self.environment.get(key, _MISSING)
+        results: List[Any] = []
+        try:
+            for item in iterable:
+                self.environment[key] = item
+                if all(self._condition(condition.test) for condition in clause.ifs):
+                    results.append(self._plain(node.elt))
+        finally:
+            if saved is _MISSING:
+                self.environment.pop(key, None)
+            else:
+                self.environment[key] = saved
+        return results
+
+    def _condition(self, node: cst.BaseExpression) -> bool:
+        value = self._plain(node)
+        if not isinstance(value, (bool, int)):
+            raise ReplayError(short_text(node), "is a comprehension filter that is not a plain boolean", node)
+        return bool(value)
+
+    def _unpacked(self, node: cst.CSTNode, value: Any) -> List[Any]:
+        if not isinstance(value, (list, tuple, range)) and not self.operations.is_size(value):
+            raise ReplayError(short_text(node), "unpacks something that is not a list or tuple", node)
+        return list(value)
+
+    # -- attributes and subscripts --------------------------------------------------------------------------
+
+    def _attribute(self, node: cst.Attribute) -> Any:
+        owner = self.evaluate(node.value)
+        name = node.attr.value
+        if isinstance(owner, Namespace) and not name.startswith("_"):
+            if owner.qualname == "torch" and name in _DTYPE_NAMES:
+                return getattr(self.torch, name)
+            if owner.qualname == "torch" and name in ("inf", "nan"):
+                return float(name)
+            return Namespace(f"{owner.qualname}.{name}")
+        if self.operations.is_tensor(owner) and name in ("shape", "ndim", "dtype"):
+            return getattr(owner, name)
+        if isinstance(owner, self.torch.finfo) and name in ("min", "max", "eps", "tiny"):
+            return float(getattr(owner, name))
+        raise ReplayError(short_text(node), f"reads attribute `.{name}`, which is not in the replay allow-list", node)
+
+    def _subscript(self, node: cst.Subscript) -> Any:
+        owner = self._plain(node.value)
+        items = [self._index_item(element) for element in node.slice]
+
+        if self.operations.is_tensor(owner):
+            self.operations.check_indexing(node, owner, items)
+            index = items[0] if len(items) == 1 else tuple(items)
+            return self.operations.run(node, lambda: owner[index])
+
+        if isinstance(owner, (tuple, list)) or self.operations.is_size(owner):
+            if len(items) != 1 or not isinstance(items[0], (int, slice)):
+                raise ReplayError(short_text(node), "indexes a list or shape with something other than one integer or slice", node)
+            return self.operations.run(node, lambda: owner[items[0]])
+        raise ReplayError(short_text(node), "indexes a value that is not a tensor, list or shape", node)
+
+    def _index_item(self, element: cst.SubscriptElement) -> Any:
+        index = element.slice
+        if isinstance(index, cst.Index):
+            if index.star is not None:
+                raise ReplayError(short_text(index), "is a starred index, which the replay does not take", index)
+            value = self._plain(index.value)
+            if isinstance(value, list):
+                value = self.operations.run(index, lambda: self.torch.tensor(value))
+            return value
+        bounds = []
+        for part in (index.lower, index.upper, index.step):
+            value = None if part is None else self._plain(part)
+            if value is not None and not isinstance(value, int):
+                raise ReplayError(short_text(part), "is a slice bound that is not an integer", part)
+            bounds.append(value)
+        return slice(*bounds)
+
+    # -- calls ----------------------------------------------------------------------------------------------
+
+    def _call(self, node: cst.Call) -> Any:
+        if isinstance(node.func, cst.Attribute):
+            receiver = self.evaluate(node.func.value)
+            method = node.func.attr.value
+            if self.operations.is_tensor(receiver):
+                args, kwargs = self._arguments(node, skip_devices=method in ("to", "type"))
+                return self.operations.tensor_method(node, receiver, method, args, kwargs)
+            if isinstance(receiver, Namespace):
+                args, kwargs = self._arguments(node)
+                return self.operations.function(node, f"{receiver.qualname}.{method}", args, kwargs)
+            raise ReplayError(short_text(node), f"calls `.{method}` on a value that is not a tensor or module", node)
+
+        function = self.evaluate(node.func)
+        if isinstance(function, Namespace):
+            args, kwargs = self._arguments(node)
+            return self.operations.function(node, function.qualname, args, kwargs)
+        raise ReplayError(short_text(node.func), "is not callable in the replay", node)
+
+    def _arguments(self, node: cst.Call, skip_devices: bool = False) -> Tuple[List[Any], Dict[str, Any]]:
+        args: List[Any] = []
+        kwargs: Dict[str, Any] = {}
+        for argument in node.args:
+            if argument.star == "**":
+                raise ReplayError(short_text(node), "passes `**` arguments, which the replay does not take", argument)
+            if argument.keyword is not None:
+                if argument.keyword.value not in _IGNORED_KEYWORDS:
+                    kwargs[argument.keyword.value] = self._plain(argument.value)
+                continue
+            if skip_devices and _looks_like_device(argument.value):
+                continue
+            value = self._plain(argument.value)
+            if argument.star == "*":
+                args.extend(self._unpacked(argument, value))
+            else:
+                args.append(value)
+        return args, kwargs
+
+    def _plain(self, node: cst.BaseExpression) -> Any:
+        """Evaluate a node whose value must be data (a tensor, number, string, dtype, shape or list), not a module."""
+        value = self.evaluate(node)
+        if isinstance(value, Namespace):
+            raise ReplayError(f"`{value.qualname}`", "is not in the replay allow-list", node)
+        return value
+
+    _HANDLERS: Dict[type, Callable[["_Interpreter", Any], Any]] = {
+        cst.Name: _name,
+        cst.Integer: _integer,
+        cst.Float: _float,
+        cst.SimpleString: _string,
+        cst.ConcatenatedString: _string,
+        cst.Ellipsis: _ellipsis,
+        cst.UnaryOperation: _unary,
+        cst.BinaryOperation: _binary,
+        cst.Comparison: _comparison,
+        cst.List: _sequence,
+        cst.Tuple: _sequence,
+        cst.ListComp: _comprehension,
+        cst.GeneratorExp: _comprehension,
+        cst.Attribute: _attribute,
+        cst.Subscript: _subscript,
+        cst.Call: _call,
+    }
+
+
+def _looks_like_device(node: cst.BaseExpression) -> bool:
+    """Whether an argument of `.to(...)` names a device (`x.device`, `device`, "cuda"), which the replay skips."""
+    if isinstance(node, cst.SimpleString):
+        text = node.evaluated_value
+        return isinstance(text, str) and re.fullmatch(r"(cpu|cuda|mps|xpu|meta)(:\d+)?", text) is not None
+    if isinstance(node, cst.Name):
+        return node.value.lower().endswith("device")
+    if isinstance(node, cst.Attribute):
+        return node.attr.value.lower().endswith("device")
+    return False
