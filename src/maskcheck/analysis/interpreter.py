@@ -11,7 +11,7 @@ parameter is a value of unknown layout. Function summaries can be added in `_cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import libcst as cst
@@ -689,7 +689,13 @@ class ModuleInterpreter:
             if len(positional) == 1 and _is_dtype(positional[0], self.imports):
                 return (tensor,)
             sizes = self._sizes_from_args(args, scope)
-            return (tensor_ops.reshape(tensor, sizes, node),) if sizes else (tensor_ops.unknown_like(tensor),)
+            if not sizes:
+                return (tensor_ops.unknown_like(tensor),)
+            result = tensor_ops.reshape(tensor, sizes, node)
+            if name == "view" and tensor.strided and _merges_at(result, node):
+                # view() raises when it must merge axes that transpose, permute or expand left non-contiguous.
+                return (tensor_ops.unknown_like(result),)
+            return (result,)
         if name == "flatten":
             start = _int_argument(positional, keywords, 0, "start_dim")
             end = _int_argument(positional, keywords, 1, "end_dim")
@@ -712,6 +718,8 @@ class ModuleInterpreter:
             if positional:
                 return (Size(frozenset({compact_text(node)})),)
             return (ShapeOf(compact_text(method.node.value), tensor),)
+        if name in ("contiguous", "clone"):
+            return (replace(tensor, strided=False),)
         if name in _LAYOUT_KEEPING_METHODS:
             return (tensor,)
         return (Tensor(None, source=compact_text(node)),)
@@ -929,7 +937,7 @@ class ModuleInterpreter:
         consuming = sum(1 for kind, _ in entries if kind not in ("new", "ellipsis"))
         has_ellipsis = any(kind == "ellipsis" for kind, _ in entries)
         if tensor.axes is None:
-            tensor = tensor_ops.materialize(tensor, tensor_ops.DEFAULT_RANK if has_ellipsis else consuming)
+            tensor = tensor_ops.materialize(tensor, _rank_from_index(entries, consuming, has_ellipsis))
         axes = list(tensor.axes)
         if consuming > len(axes):
             return tensor_ops.unknown_like(tensor)
@@ -1138,6 +1146,24 @@ def _loop_elements(values: Alternatives) -> Alternatives:
             for item in value.items:
                 elements.extend(item)
     return tuple(elements) or (UNKNOWN_VALUE,)
+
+
+def _merges_at(tensor: Tensor, node: cst.CSTNode) -> bool:
+    return any(
+        axis.merged_by is not None and axis.merged_by.node is node and len(axis.factors) > 1
+        for axis in tensor.axes or ()
+    )
+
+
+def _rank_from_index(entries, consuming: int, has_ellipsis: bool) -> int:
+    """Guess the rank of an unknown tensor from how it is indexed.
+
+    An index that ends with a slice and names at least two axes (`pad[:, None, :]`) is taken to name them all;
+    otherwise the tensor is assumed to have at least the default rank (`m[:, None]` of an (N, L, S) mask).
+    """
+    if not has_ellipsis and consuming >= 2 and entries and entries[-1][0] in ("keep", "loop_keep"):
+        return consuming
+    return max(consuming, tensor_ops.DEFAULT_RANK)
 
 
 def _literal_int(node: Optional[cst.BaseExpression]) -> Optional[int]:

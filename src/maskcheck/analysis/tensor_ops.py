@@ -85,7 +85,7 @@ def repeat(tensor: Tensor, counts: Sequence[Size], node: cst.CSTNode, kind: str 
         factors = (copy_factor(count),) + axis.factors
         merged_by = record if axis.factors else axis.merged_by
         result.append(Axis(factors, merged_by=merged_by, placed_by=axis.placed_by))
-    return tensor.with_axes(tuple(result))
+    return tensor.with_axes(tuple(result), strided=False)
 
 
 def repeat_interleave(tensor: Tensor, count: Size, dim: Optional[int], node: cst.CSTNode) -> Tensor:
@@ -101,7 +101,7 @@ def repeat_interleave(tensor: Tensor, count: Size, dim: Optional[int], node: cst
     axis = axes[position]
     record = OpRecord(node, "repeat_interleave", tuple(sorted(count.texts)))
     axes[position] = Axis(axis.factors + (copy_factor(count),), merged_by=record, placed_by=axis.placed_by)
-    return tensor.with_axes(tuple(axes))
+    return tensor.with_axes(tuple(axes), strided=False)
 
 
 def expand(tensor: Tensor, sizes: Sequence[Size], node: cst.CSTNode) -> Tensor:
@@ -128,7 +128,7 @@ def expand(tensor: Tensor, sizes: Sequence[Size], node: cst.CSTNode) -> Tensor:
             result.append(Axis((axis.factors[0].with_sizes(size.texts),), axis.merged_by, axis.placed_by))
         else:
             result.append(axis)
-    return tensor.with_axes(tuple(result))
+    return tensor.with_axes(tuple(result), strided=True)
 
 
 def expand_as(tensor: Tensor, other: Tensor) -> Tensor:
@@ -141,7 +141,7 @@ def expand_as(tensor: Tensor, other: Tensor) -> Tensor:
             result.append(Axis(copies, placed_by=axis.placed_by))
         else:
             result.append(axis)
-    return tensor.with_axes(tuple(result))
+    return tensor.with_axes(tuple(result), strided=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def transpose(tensor: Tensor, first: int, second: int, node: cst.CSTNode) -> Ten
     axes = list(tensor.axes)
     record = OpRecord(node, "transpose")
     axes[a], axes[b] = _placed(axes[b], record), _placed(axes[a], record)
-    return tensor.with_axes(tuple(axes))
+    return tensor.with_axes(tuple(axes), strided=tensor.strided or a != b)
 
 
 def permute(tensor: Tensor, order: Sequence[int], node: cst.CSTNode) -> Tensor:
@@ -193,7 +193,7 @@ def permute(tensor: Tensor, order: Sequence[int], node: cst.CSTNode) -> Tensor:
     for new_position, old_position in enumerate(positions):
         axis = tensor.axes[old_position]
         axes.append(_placed(axis, record) if new_position != old_position else axis)
-    return tensor.with_axes(tuple(axes))
+    return tensor.with_axes(tuple(axes), strided=tensor.strided or positions != list(range(rank)))
 
 
 def _placed(axis: Axis, record: OpRecord) -> Axis:
@@ -211,7 +211,7 @@ def flatten(tensor: Tensor, start: int, end: int, node: cst.CSTNode) -> Tensor:
     if a is None or b is None or a > b:
         return unknown_like(tensor)
     merged = _merge(tensor.axes[a : b + 1], OpRecord(node, "flatten"))
-    return tensor.with_axes(tensor.axes[:a] + (merged,) + tensor.axes[b + 1 :])
+    return tensor.with_axes(tensor.axes[:a] + (merged,) + tensor.axes[b + 1 :], strided=False)
 
 
 def _merge(axes: Sequence[Axis], record: OpRecord) -> Axis:
@@ -254,7 +254,7 @@ def reshape(tensor: Tensor, sizes: Sequence[Size], node: cst.CSTNode) -> Tensor:
     middle = _group_middle(source, targets, record)
     if middle is None:
         return unknown_like(tensor)
-    return tensor.with_axes(tuple(head + middle + tail))
+    return tensor.with_axes(tuple(head + middle + tail), strided=False)
 
 
 def _matches_one_to_one(size: Size, axis: Axis) -> bool:
@@ -262,7 +262,9 @@ def _matches_one_to_one(size: Size, axis: Axis) -> bool:
 
 
 def _named(axis: Axis, size: Size) -> Axis:
-    if len(axis.factors) != 1 or size.value is not None:
+    # Only a factor of unknown size takes the target's name: a known size that disagrees is the evidence of a
+    # reshape cut at the wrong place, and must survive.
+    if len(axis.factors) != 1 or size.value is not None or axis.factors[0].sizes:
         return axis
     return Axis((axis.factors[0].with_sizes(size.texts),), axis.merged_by, axis.placed_by)
 
@@ -304,8 +306,12 @@ def _axis_from_factors(group: Tuple[Factor, ...], source: List[Axis], target: Si
     members = [axis for axis in source if any(f in group for f in axis.factors)]
     causes = [axis.placed_by for axis in members if axis.placed_by is not None]
     if len(group) == 1:
-        factor = group[0] if target.value is not None else group[0].with_sizes(target.texts)
-        return Axis((factor,), placed_by=causes[-1] if causes else None)
+        factor = group[0]
+        if target.value is None and not factor.sizes:
+            factor = factor.with_sizes(target.texts)
+        # A factor cut out of a merged axis records the reshape that cut it, so a finding can point there.
+        cut_from_merged = any(len(axis.factors) > 1 for axis in members)
+        return Axis((factor,), merged_by=record if cut_from_merged else None, placed_by=causes[-1] if causes else None)
     return Axis(group, merged_by=record, placed_by=causes[-1] if causes else None)
 
 

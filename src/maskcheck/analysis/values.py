@@ -99,13 +99,22 @@ class Tensor:
     steps: Tuple[Step, ...] = ()
     # The rank the analysis assumed for an unknown value, so messages can say so.
     assumed_rank: bool = False
+    # True after transpose, permute or expand: `view` cannot merge such axes and raises (reshape copies instead).
+    strided: bool = False
 
     @property
     def rank(self) -> Optional[int]:
         return None if self.axes is None else len(self.axes)
 
-    def with_axes(self, axes: Tuple[Axis, ...], assumed_rank: Optional[bool] = None) -> "Tensor":
-        return replace(self, axes=axes, assumed_rank=self.assumed_rank if assumed_rank is None else assumed_rank)
+    def with_axes(
+        self, axes: Optional[Tuple[Axis, ...]], assumed_rank: Optional[bool] = None, strided: Optional[bool] = None
+    ) -> "Tensor":
+        return replace(
+            self,
+            axes=axes,
+            assumed_rank=self.assumed_rank if assumed_rank is None else assumed_rank,
+            strided=self.strided if strided is None else strided,
+        )
 
     def with_step(self, step: Step) -> "Tensor":
         return replace(self, steps=self.steps + (step,))

@@ -89,6 +89,7 @@ _COMPARISON_OPERATORS: Dict[type, Callable[[Any, Any], Any]] = {
 }
 
 _MISSING = object()
+_EMPTY_MODULE = cst.Module(body=[])
 
 
 def normalise_text(text: str) -> str:
@@ -203,7 +204,7 @@ class _Interpreter:
             raise ReplayError(short_text(node), f"needs more than {MAX_EVALUATIONS} evaluation steps; rejected", node)
 
         if isinstance(node, (cst.Name, cst.Attribute, cst.Subscript, cst.Call)):
-            key = normalise_text(cst.Module(body=[]).code_for_node(node))
+            key = normalise_text(_EMPTY_MODULE.code_for_node(node))
             if key in self.environment:
                 return self.environment[key]
 
