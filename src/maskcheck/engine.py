@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import sys
 from typing import List, Optional
 
 import libcst as cst
 
+from maskcheck.analysis.consumers import CONSUMER_TOKENS
 from maskcheck.analysis.module import analyse_module
 from maskcheck.findings import Finding, SourceError
 from maskcheck.settings import Settings
@@ -25,6 +27,12 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     if "\x00" in source:
         raise SourceError("contains a NUL byte, so it is not a Python source file; exclude it or fix the file")
 
+    if not any(token in source for token in CONSUMER_TOKENS):
+        # No consumer can be recognised without one of these words, so the module cannot have a finding. The
+        # cheaper stdlib parser still checks the syntax, so a broken file is reported either way.
+        _check_syntax(source)
+        return []
+
     old_limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
     try:
@@ -36,6 +44,24 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
         sys.setrecursionlimit(old_limit)
 
     return sorted(set(findings), key=Finding.sort_key)
+
+
+def _check_syntax(source: str) -> None:
+    try:
+        ast.parse(source)
+    except SyntaxError as error:
+        # The running Python may be older than the file's grammar (PEP 695 generics under 3.11): libcst decides.
+        try:
+            cst.parse_module(source)
+            return
+        except cst.ParserSyntaxError:
+            pass
+        raise SourceError(
+            f"syntax error at line {error.lineno}, column {error.offset or 0}: {error.msg}; "
+            "maskcheck reads Python 3 only, so fix the syntax or exclude the file"
+        ) from None
+    except (RecursionError, MemoryError):
+        raise SourceError("nests too deeply to analyse; split the expression or exclude the file") from None
 
 
 def _parse(source: str) -> cst.Module:

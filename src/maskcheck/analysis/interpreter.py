@@ -31,6 +31,7 @@ from maskcheck.analysis.consumers import (
 )
 from maskcheck.analysis.names import ImportTable, compact_text, dotted_name, source_text
 from maskcheck.analysis.values import (
+    BATCH_SIZE_NAMES,
     REST_TERMS,
     SINGLETON,
     UNKNOWN_VALUE,
@@ -173,6 +174,9 @@ class ModuleInterpreter:
         self.imports = ImportTable.from_module(module)
         self.uses: List[MaskUse] = []
         self._reporting = True
+        # Values of the expressions of the current statement, by node identity. Arguments are read more than once
+        # (to find nested consumers, then as operands), and without this a nested call chain costs 2**depth.
+        self._memo: Dict[int, Alternatives] = {}
 
     # -----------------------------------------------------------------------------------------------------------
     # Scopes
@@ -238,6 +242,7 @@ class ModuleInterpreter:
             self._run_statement(statement, scope, functions, classes)
 
     def _run_statement(self, statement: cst.CSTNode, scope: Scope, functions, classes) -> None:
+        self._memo.clear()
         if isinstance(statement, cst.SimpleStatementLine):
             for small in statement.body:
                 self._run_small(small, scope)
@@ -274,6 +279,7 @@ class ModuleInterpreter:
 
     def _run_if(self, statement: cst.If, scope: Scope, functions, classes) -> None:
         self.evaluate(statement.test, scope)
+        self._learn_from_guard(statement.test, scope)
         before = scope.snapshot()
         self._run_suite(statement.body, scope, functions, classes)
         after_body = scope.snapshot()
@@ -329,6 +335,26 @@ class ModuleInterpreter:
             self.evaluate(small.value, scope)
         elif isinstance(small, cst.Assert):
             self.evaluate(small.test, scope)
+            self._learn_from_guard(small.test, scope)
+
+    def _learn_from_guard(self, test: cst.BaseExpression, scope: Scope) -> None:
+        """`m.shape[0] == x.shape[0]` (or `!=`, `.size(0)`, a batch-size name) says axis 0 of `m` is the batch."""
+        if not isinstance(test, cst.Comparison) or len(test.comparisons) != 1:
+            return
+        if not isinstance(test.comparisons[0].operator, (cst.Equal, cst.NotEqual)):
+            return
+        sides = (test.left, test.comparisons[0].comparator)
+        for guarded, other in (sides, sides[::-1]):
+            name = _leading_size_of(guarded)
+            if name is None or not _names_batch_size(other):
+                continue
+            bound = scope.lookup(name)
+            if not bound:
+                continue
+            evidence = f"the guard `{' '.join(source_text(test).split())}` shows axis 0 is the batch"
+            scope.values[name] = tuple(
+                tensor_ops.mark_batch_axis(v, evidence) if isinstance(v, Tensor) else v for v in bound
+            )
 
     def _assign_target(
         self, target: cst.BaseExpression, value: Alternatives, scope: Scope, value_node: cst.BaseExpression
@@ -401,11 +427,17 @@ class ModuleInterpreter:
     # Expressions
 
     def evaluate(self, node: cst.BaseExpression, scope: Scope) -> Alternatives:
+        cached = self._memo.get(id(node))
+        if cached is not None:
+            return cached
         method = getattr(self, f"_evaluate_{type(node).__name__}", None)
         if method is None:
             self._visit_children(node, scope)
-            return (UNKNOWN_VALUE,)
-        return method(node, scope)
+            result: Alternatives = (UNKNOWN_VALUE,)
+        else:
+            result = method(node, scope)
+        self._memo[id(node)] = result
+        return result
 
     def _visit_children(self, node: cst.CSTNode, scope: Scope) -> None:
         # Calls nested in unmodelled expressions (a lambda body, an f-string) can still be consumers.
@@ -798,7 +830,9 @@ class ModuleInterpreter:
             return tuple(tensor_ops.matmul(a, b) for a in firsts for b in seconds) or (UNKNOWN_VALUE,)
         if name == "builtins.dict" or name == "dict":
             return self._dict_call(node, scope)
-        self._check_wrapper(node, scope, compact_text(node.func))
+        if not name.startswith("torch."):
+            # torch's own functions that take `attn_mask` (scaled_dot_product_attention) have other contracts.
+            self._check_wrapper(node, scope, compact_text(node.func))
         return (Tensor(None, source=compact_text(node)),)
 
     def _call_unknown(self, node: cst.Call, scope: Scope) -> Alternatives:
@@ -937,7 +971,7 @@ class ModuleInterpreter:
         consuming = sum(1 for kind, _ in entries if kind not in ("new", "ellipsis"))
         has_ellipsis = any(kind == "ellipsis" for kind, _ in entries)
         if tensor.axes is None:
-            tensor = tensor_ops.materialize(tensor, _rank_from_index(entries, consuming, has_ellipsis))
+            tensor = tensor_ops.materialize(tensor, _rank_from_index(tensor, entries, consuming, has_ellipsis))
         axes = list(tensor.axes)
         if consuming > len(axes):
             return tensor_ops.unknown_like(tensor)
@@ -1148,6 +1182,27 @@ def _loop_elements(values: Alternatives) -> Alternatives:
     return tuple(elements) or (UNKNOWN_VALUE,)
 
 
+def _leading_size_of(node: cst.BaseExpression) -> Optional[str]:
+    """Return `m` for `m.shape[0]` or `m.size(0)`."""
+    if isinstance(node, cst.Subscript) and isinstance(node.value, cst.Attribute) and len(node.slice) == 1:
+        index = node.slice[0].slice
+        if node.value.attr.value == "shape" and isinstance(index, cst.Index) and _literal_int(index.value) == 0:
+            return dotted_name(node.value.value)
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value == "size":
+        if len(node.args) == 1 and _literal_int(node.args[0].value) == 0:
+            return dotted_name(node.func.value)
+    return None
+
+
+def _names_batch_size(node: cst.BaseExpression) -> bool:
+    if _leading_size_of(node) is not None:
+        return True
+    name = dotted_name(node)
+    if name is not None and name.rsplit(".", 1)[-1] in BATCH_SIZE_NAMES:
+        return True
+    return isinstance(node, cst.Call) and dotted_name(node.func) == "len"
+
+
 def _merges_at(tensor: Tensor, node: cst.CSTNode) -> bool:
     return any(
         axis.merged_by is not None and axis.merged_by.node is node and len(axis.factors) > 1
@@ -1155,7 +1210,7 @@ def _merges_at(tensor: Tensor, node: cst.CSTNode) -> bool:
     )
 
 
-def _rank_from_index(entries, consuming: int, has_ellipsis: bool) -> int:
+def _rank_from_index(tensor: Tensor, entries, consuming: int, has_ellipsis: bool) -> int:
     """Guess the rank of an unknown tensor from how it is indexed.
 
     An index that ends with a slice and names at least two axes (`pad[:, None, :]`) is taken to name them all;
@@ -1163,7 +1218,7 @@ def _rank_from_index(entries, consuming: int, has_ellipsis: bool) -> int:
     """
     if not has_ellipsis and consuming >= 2 and entries and entries[-1][0] in ("keep", "loop_keep"):
         return consuming
-    return max(consuming, tensor_ops.DEFAULT_RANK)
+    return max(consuming, tensor_ops.default_rank(tensor))
 
 
 def _literal_int(node: Optional[cst.BaseExpression]) -> Optional[int]:

@@ -23,7 +23,8 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
     for use in uses:
         for rule in RULES.values():
             for issue in rule.check(use, settings):
-                key = (issue.code, id(issue.node), issue.message)
+                # One finding per flagged expression, even when it reaches several consumers.
+                key = (issue.code, id(issue.node))
                 if key not in seen:
                     seen.add(key)
                     issues.append(issue)
@@ -74,6 +75,7 @@ def _chain(issue, positions: Dict[cst.CSTNode, CodeRange]) -> ReplayChain:
         batch_first=use.consumer.batch_first,
         flagged_step=flagged,
         replacement=issue.replacement,
+        argument=use.consumer.argument,
     )
 
 

@@ -6,11 +6,13 @@ an operation cannot be followed, the result has unknown axes, which makes every 
 
 from __future__ import annotations
 
+import re
 from typing import List, Optional, Sequence, Tuple
 
 import libcst as cst
 
 from maskcheck.analysis.values import (
+    BATCH,
     LOOP,
     REST_TERMS,
     SINGLETON,
@@ -32,10 +34,23 @@ def fresh_axes(rank: int) -> Tuple[Axis, ...]:
     return tuple(Axis((Factor(UNKNOWN, varying=True),)) for _ in range(rank))
 
 
-def materialize(tensor: Tensor, rank: int = DEFAULT_RANK) -> Tensor:
+# Names of 2-D (N, S) padding masks, read from the last part of the source's name.
+_PADDING_NAME = re.compile(r"(pad|padding|valid|kpm|keep|lengths?|attention_mask)$", re.IGNORECASE)
+
+
+def default_rank(tensor: Tensor) -> int:
+    """The rank to assume for a tensor whose rank the code does not show: 2 for a value named like a key padding
+    mask (`key_padding_mask`, `x_valid`), otherwise 3, the (N, L, S) per-example mask."""
+    name = tensor.source.rsplit(".", 1)[-1]
+    return 2 if _PADDING_NAME.search(name) else DEFAULT_RANK
+
+
+def materialize(tensor: Tensor, rank: Optional[int] = None) -> Tensor:
     """Give a tensor of unknown rank `rank` unknown axes, one varying factor each."""
     if tensor.axes is not None:
         return tensor
+    if rank is None:
+        rank = default_rank(tensor)
     return tensor.with_axes(fresh_axes(max(rank, 0)), assumed_rank=True)
 
 
@@ -107,7 +122,7 @@ def repeat_interleave(tensor: Tensor, count: Size, dim: Optional[int], node: cst
 def expand(tensor: Tensor, sizes: Sequence[Size], node: cst.CSTNode) -> Tensor:
     """`t.expand(...)` / `t.broadcast_to(...)`: size-1 axes become copies; extra sizes add leading axes."""
     if tensor.axes is None:
-        tensor = materialize(tensor, min(len(sizes), DEFAULT_RANK))
+        tensor = materialize(tensor, min(len(sizes), default_rank(tensor)))
     axes = list(tensor.axes)
     if len(sizes) < len(axes):
         return unknown_like(tensor)
@@ -233,7 +248,7 @@ def reshape(tensor: Tensor, sizes: Sequence[Size], node: cst.CSTNode) -> Tensor:
     """
     record = OpRecord(node, "reshape")
     if tensor.axes is None:
-        tensor = materialize(tensor, sum(1 for s in sizes if s.terms != 0) or DEFAULT_RANK)
+        tensor = materialize(tensor, sum(1 for s in sizes if s.terms != 0) or default_rank(tensor))
     source = [axis for axis in tensor.axes if axis.factors]
     targets = list(sizes)
 
@@ -446,4 +461,22 @@ def matmul(first: Tensor, second: Tensor) -> Tensor:
     if first.axes is None or second.axes is None or len(first.axes) < 2 or len(second.axes) < 2:
         return unknown_like(first)
     batch = broadcast(first.with_axes(first.axes[:-2]), second.with_axes(second.axes[:-2]))
-    return first.with_axes(tuple(batch.axes) + (first.axes[-2], second.axes[-1]))
+    batch_axes = tuple(batch.axes)
+    if first.axes[-1].is_singleton and second.axes[-2].is_singleton and len(batch_axes) == 1:
+        # An outer product of (N, L, 1) and (N, 1, S): one (L, S) mask per item of the leading axis.
+        evidence = "it is built as a batched outer product of (N, L, 1) and (N, 1, S) tensors"
+        batch_axes = (_with_role(batch_axes[0], BATCH, evidence),)
+    return first.with_axes(batch_axes + (first.axes[-2], second.axes[-1]))
+
+
+def _with_role(axis: Axis, role: str, evidence: str) -> Axis:
+    factors = tuple(f.with_role(role, evidence) if f.role == UNKNOWN else f for f in axis.factors)
+    return Axis(factors, axis.merged_by, axis.placed_by)
+
+
+def mark_batch_axis(tensor: Tensor, evidence: str) -> Tensor:
+    """Record that axis 0 holds the batch, from a guard such as `assert m.shape[0] == x.shape[0]`."""
+    tensor = materialize(tensor)
+    if not tensor.axes:
+        return tensor
+    return tensor.with_axes((_with_role(tensor.axes[0], BATCH, evidence),) + tensor.axes[1:])

@@ -19,6 +19,9 @@ HEAD = "head"
 UNKNOWN = "unknown"
 LOOP = "loop"  # the element picked by a comprehension's loop variable; replaced when the list is concatenated
 
+# Names that mean "batch size" when nothing else tells what an axis holds.
+BATCH_SIZE_NAMES = frozenset({"batch_size", "bsz", "bs", "batch", "n_batch", "nbatch", "num_batch", "batchsize"})
+
 _factor_ids = itertools.count(1)
 
 

@@ -18,16 +18,13 @@ from maskcheck.analysis.consumers import UNKNOWN_CONSUMER
 from maskcheck.analysis.einops_patterns import swap_group
 from maskcheck.analysis.interpreter import MaskUse
 from maskcheck.analysis.names import source_text
-from maskcheck.analysis.values import BATCH, HEAD, LOOP, UNKNOWN, Axis, Factor, OpRecord
+from maskcheck.analysis.values import BATCH, BATCH_SIZE_NAMES, HEAD, LOOP, UNKNOWN, Axis, Factor, OpRecord
 from maskcheck.chain import SOURCE_EXAMPLE, SOURCE_EXAMPLE_HEAD, SOURCE_HEAD
 from maskcheck.rules import Issue
 from maskcheck.settings import Settings
 
 CODE = "MSK101"
 TITLE = "head-major attention mask layout"
-
-# Names that mean "batch size" when nothing else tells what an axis holds.
-BATCH_SIZE_NAMES = frozenset({"batch_size", "bsz", "bs", "batch", "n_batch", "nbatch", "num_batch", "batchsize"})
 
 _MAX_QUOTED = 90
 
