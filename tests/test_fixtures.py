@@ -71,7 +71,8 @@ def read_expectations(text: str, name: str) -> Counter:
 
 def run_analyser(text: str, name: str) -> List[Finding]:
     try:
-        return check_source(text, name)
+        # The real path lets the analyser find sibling modules that a multi-file fixture imports.
+        return check_source(text, str(FIXTURES_DIR / name))
     except SourceError as error:
         pytest.fail(f"{name}: the analyser rejected the fixture: {error}")
 

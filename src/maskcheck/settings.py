@@ -20,6 +20,8 @@ DEFAULT_HEAD_COUNT_NAMES: FrozenSet[str] = frozenset(
     }
 )
 
+DEFAULT_MAX_CALL_DEPTH = 6
+
 # 10 MiB: far above any hand-written module; larger .py files are generated data, skipped with a message.
 DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
 
@@ -30,6 +32,10 @@ class Settings:
 
     extra_head_count_names: FrozenSet[str] = field(default_factory=frozenset)
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    # How many calls into the project's own functions and layers are followed from one another.
+    max_call_depth: int = DEFAULT_MAX_CALL_DEPTH
+    # Whether imports of the project's own modules are parsed and followed.
+    follow_imports: bool = True
 
     @property
     def head_count_names(self) -> FrozenSet[str]:

@@ -29,7 +29,9 @@ from maskcheck.analysis.consumers import (
     find_argument,
     literal_bool,
 )
-from maskcheck.analysis.names import ImportTable, compact_text, dotted_name, source_text
+from maskcheck.analysis.names import compact_text, dotted_name, source_text
+from maskcheck.analysis.project import ModuleContext, ProjectIndex
+from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH
 from maskcheck.analysis.values import (
     BATCH_SIZE_NAMES,
     REST_TERMS,
@@ -98,8 +100,43 @@ class MaskUse:
 
 
 @dataclass(frozen=True)
-class SelfRef:
-    """The instance inside a method (`self`)."""
+class Instance:
+    """An instance of a class defined in the project (`self` inside its methods, or `Block(...)`)."""
+
+    context: ModuleContext = field(compare=False, hash=False)
+    class_def: cst.ClassDef
+
+
+@dataclass(frozen=True)
+class ClassRef:
+    """A class defined in the project."""
+
+    context: ModuleContext = field(compare=False, hash=False)
+    class_def: cst.ClassDef
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A module-level function defined in the project."""
+
+    context: ModuleContext = field(compare=False, hash=False)
+    function: cst.FunctionDef
+
+
+@dataclass(frozen=True)
+class BoundMethod:
+    """`instance.method`: calling it interprets the method with `self` bound."""
+
+    instance: Instance
+    function: cst.FunctionDef
+
+
+@dataclass(frozen=True)
+class BoundArguments:
+    """The values a call passes, positional and by keyword."""
+
+    positional: Tuple[Alternatives, ...]
+    keywords: Tuple[Tuple[str, Alternatives], ...]
 
 
 @dataclass(frozen=True)
@@ -118,7 +155,9 @@ class Scope:
     values: Dict[str, Alternatives] = field(default_factory=dict)
     sizes: Dict[str, Size] = field(default_factory=dict)
     parent: Optional["Scope"] = None
-    class_attributes: Optional[Dict[str, Alternatives]] = None
+    context: Optional[ModuleContext] = None
+    # The instance `self` is bound to in a method, and the name of that parameter.
+    instance: Optional["Instance"] = None
     self_name: Optional[str] = None
 
     def lookup(self, name: str) -> Optional[Alternatives]:
@@ -126,6 +165,14 @@ class Scope:
         while scope is not None:
             if name in scope.values:
                 return scope.values[name]
+            scope = scope.parent
+        return None
+
+    def module_context(self) -> Optional[ModuleContext]:
+        scope: Optional[Scope] = self
+        while scope is not None:
+            if scope.context is not None:
+                return scope.context
             scope = scope.parent
         return None
 
@@ -167,72 +214,211 @@ def join_states(first, second):
 
 
 class ModuleInterpreter:
-    """Interprets every scope of one module and collects the mask uses it finds."""
+    """Interprets every scope of one module and collects the mask uses it finds.
 
-    def __init__(self, module: cst.Module) -> None:
-        self.module = module
-        self.imports = ImportTable.from_module(module)
+    Calls to the project's own functions, methods and layers are followed by interpreting the callee with the
+    caller's argument values, up to `max_call_depth` calls deep; a recursive call, or one past the limit, returns
+    a value of unknown layout. Each (callee, arguments) pair is interpreted once per run.
+    """
+
+    def __init__(
+        self,
+        module: cst.Module,
+        path: str = "<stdin>",
+        module_name: Optional[str] = None,
+        project: Optional[ProjectIndex] = None,
+        max_call_depth: int = DEFAULT_MAX_CALL_DEPTH,
+    ) -> None:
+        self.root = ModuleContext.build(module, module_name, path)
+        self.project = project
+        self.max_call_depth = max_call_depth
         self.uses: List[MaskUse] = []
         self._reporting = True
         # Values of the expressions of the current statement, by node identity. Arguments are read more than once
         # (to find nested consumers, then as operands), and without this a nested call chain costs 2**depth.
         self._memo: Dict[int, Alternatives] = {}
+        self._module_scopes: Dict[int, Scope] = {}
+        self._class_attributes: Dict[int, Dict[str, Alternatives]] = {}
+        self._summaries: Dict[tuple, Alternatives] = {}
+        self._call_stack: List[cst.FunctionDef] = []
+        self._returns: List[List[Alternatives]] = []
 
     # -----------------------------------------------------------------------------------------------------------
     # Scopes
 
     def run(self) -> List[MaskUse]:
-        module_scope = Scope()
-        functions: List[cst.FunctionDef] = []
-        classes: List[cst.ClassDef] = []
-        self._run_block(module.body if (module := self.module) else [], module_scope, functions, classes)
-
-        for function in functions:
-            self._run_function(function, module_scope, class_attributes=None)
-        for class_def in classes:
-            self._run_class(class_def, module_scope)
+        module_scope = self._module_scope(self.root)
+        for function in self.root.functions.values():
+            self._run_function(function, module_scope, instance=None)
+        for class_def in _classes_in(self.root.module.body):
+            self._run_class(class_def, module_scope, self.root)
         return self.uses
 
-    def _run_class(self, class_def: cst.ClassDef, outer: Scope) -> None:
-        attributes: Dict[str, Alternatives] = {}
-        methods = [s for s in class_def.body.body if isinstance(s, cst.FunctionDef)]
-        nested_classes = [s for s in class_def.body.body if isinstance(s, cst.ClassDef)]
+    def _module_scope(self, context: ModuleContext) -> Scope:
+        """Interpret a module's top-level statements once and return the scope they leave."""
+        scope = self._module_scopes.get(id(context))
+        if scope is None:
+            scope = Scope(context=context)
+            self._module_scopes[id(context)] = scope
+            saved = self._memo
+            self._memo = {}
+            self._run_block(context.module.body, scope, [], [])
+            self._memo = saved
+        return scope
 
-        # First pass: collect `self.<attr>` values from every method, `__init__` first. Second pass: report.
-        ordered = sorted(methods, key=lambda m: m.name.value != "__init__")
+    def _run_class(self, class_def: cst.ClassDef, outer: Scope, context: ModuleContext) -> None:
+        instance = Instance(context, class_def)
+        self.class_attributes(instance)
+        for method in _methods_of(class_def):
+            self._run_function(method, outer, instance=instance)
+        for nested in _classes_in(class_def.body.body):
+            self._run_class(nested, outer, context)
+
+    def class_attributes(self, instance: "Instance") -> Dict[str, Alternatives]:
+        """Collect the `self.<attr>` values that any method of the class (or a project base class) sets."""
+        key = id(instance.class_def)
+        attributes = self._class_attributes.get(key)
+        if attributes is not None:
+            return attributes
+        attributes = {}
+        self._class_attributes[key] = attributes
+        for base in self._base_instances(instance):
+            for name, value in self.class_attributes(base).items():
+                attributes[name] = join(attributes.get(name, ()), value)
+
+        # `__init__` first, so the other methods see the layers it builds.
+        methods = sorted(_methods_of(instance.class_def), key=lambda m: m.name.value != "__init__")
+        outer = self._module_scope(instance.context)
+        was_reporting = self._reporting
         self._reporting = False
-        for method in ordered:
-            self._run_function(method, outer, class_attributes=attributes)
-        self._reporting = True
-        for method in ordered:
-            self._run_function(method, outer, class_attributes=attributes)
-        for nested in nested_classes:
-            self._run_class(nested, outer)
+        saved = self._memo
+        for method in methods:
+            self._memo = {}
+            self._run_function(method, outer, instance=instance)
+        self._memo = saved
+        self._reporting = was_reporting
+        return attributes
 
-    def _run_function(
-        self, function: cst.FunctionDef, outer: Scope, class_attributes: Optional[Dict[str, Alternatives]]
-    ) -> None:
-        scope = Scope(parent=outer, class_attributes=class_attributes)
-        self._bind_parameters(function, scope, is_method=class_attributes is not None)
+    def _base_instances(self, instance: "Instance") -> List["Instance"]:
+        bases = []
+        for base in instance.class_def.bases:
+            for value in self.evaluate(base.value, self._module_scope(instance.context)):
+                if isinstance(value, ClassRef):
+                    bases.append(Instance(value.context, value.class_def))
+        return bases
+
+    def find_method(self, instance: "Instance", name: str) -> Optional["BoundMethod"]:
+        for method in _methods_of(instance.class_def):
+            if method.name.value == name:
+                return BoundMethod(instance, method)
+        for base in self._base_instances(instance):
+            found = self.find_method(base, name)
+            if found is not None:
+                return BoundMethod(instance, found.function)
+        return None
+
+    def _run_function(self, function: cst.FunctionDef, outer: Scope, instance: Optional["Instance"]) -> None:
+        scope = Scope(parent=outer, context=outer.context, instance=instance)
+        self._bind_parameters(function, scope, instance)
+        self._run_body(function, scope)
+
+    def _run_body(self, function: cst.FunctionDef, scope: Scope) -> None:
         functions: List[cst.FunctionDef] = []
         classes: List[cst.ClassDef] = []
         body = function.body.body if isinstance(function.body, cst.IndentedBlock) else [function.body]
         self._run_block(body, scope, functions, classes)
         for nested in functions:
-            self._run_function(nested, scope, class_attributes=None)
+            self._run_function(nested, scope, instance=None)
         for nested_class in classes:
-            self._run_class(nested_class, scope)
+            self._run_class(nested_class, scope, scope.context)
 
-    def _bind_parameters(self, function: cst.FunctionDef, scope: Scope, is_method: bool) -> None:
+    def _bind_parameters(
+        self,
+        function: cst.FunctionDef,
+        scope: Scope,
+        instance: Optional["Instance"],
+        arguments: Optional["BoundArguments"] = None,
+    ) -> None:
         params = list(function.params.posonly_params) + list(function.params.params)
         is_static = any(dotted_name(d.decorator) == "staticmethod" for d in function.decorators)
-        if is_method and params and not is_static:
+        if instance is not None and params and not is_static:
             scope.self_name = params[0].name.value
-            scope.values[scope.self_name] = (SelfRef(),)
+            scope.values[scope.self_name] = (instance,)
             params = params[1:]
-        others = params + list(function.params.kwonly_params)
-        for param in others:
-            scope.values[param.name.value] = (Tensor(None, source=param.name.value),)
+        passed_positional = list(arguments.positional) if arguments else []
+        passed_keywords = dict(arguments.keywords) if arguments else {}
+
+        for param in params:
+            name = param.name.value
+            if passed_positional:
+                scope.values[name] = passed_positional.pop(0)
+            elif name in passed_keywords:
+                scope.values[name] = passed_keywords.pop(name)
+            else:
+                scope.values[name] = (Tensor(None, source=name),)
+        for param in function.params.kwonly_params:
+            name = param.name.value
+            scope.values[name] = passed_keywords.pop(name, None) or (Tensor(None, source=name),)
+        star = function.params.star_arg
+        if isinstance(star, cst.Param):
+            scope.values[star.name.value] = (SequenceValue(tuple(passed_positional)),)
+        if function.params.star_kwarg is not None:
+            scope.values[function.params.star_kwarg.name.value] = (DictValue(tuple(passed_keywords.items())),)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Calls into the project's own code
+
+    def invoke(self, function: cst.FunctionDef, instance: Optional["Instance"], context: ModuleContext,
+               node: cst.Call, arguments: "BoundArguments") -> Alternatives:
+        """Interpret a project function with the caller's argument values and return what it returns."""
+        unknown_result = (Tensor(None, source=compact_text(node)),)
+        if len(self._call_stack) >= self.max_call_depth or function in self._call_stack:
+            return unknown_result
+        key = (id(function), instance, arguments, self._reporting)
+        if key in self._summaries:
+            return self._summaries[key]
+        self._summaries[key] = unknown_result
+
+        scope = Scope(parent=self._module_scope(context), context=context, instance=instance)
+        self._bind_parameters(function, scope, instance, arguments)
+        if instance is not None:
+            self.class_attributes(instance)
+        saved_memo = self._memo
+        self._memo = {}
+        self._call_stack.append(function)
+        self._returns.append([])
+        try:
+            self._run_body(function, scope)
+        finally:
+            returned = self._returns.pop()
+            self._call_stack.pop()
+            self._memo = saved_memo
+        result = join(*returned) if returned else (UNKNOWN_VALUE,)
+        if context is not self.root:
+            # A value made in another module enters this one at this call; findings about it point here.
+            result = tuple(
+                replace(v, entry=node) if isinstance(v, Tensor) and v.entry is None else v for v in result
+            )
+        self._summaries[key] = result
+        return result
+
+    def _bind_call(self, node: cst.Call, scope: Scope, skip: int = 0) -> "BoundArguments":
+        positional: List[Alternatives] = []
+        keywords: List[Tuple[str, Alternatives]] = []
+        for arg in node.args:
+            if arg.star == "**":
+                for value in self.evaluate(arg.value, scope):
+                    if isinstance(value, DictValue):
+                        keywords.extend(value.entries)
+            elif arg.star == "*":
+                for value in self.evaluate(arg.value, scope):
+                    if isinstance(value, SequenceValue):
+                        positional.extend(value.items)
+            elif arg.keyword is not None:
+                keywords.append((arg.keyword.value, self.evaluate(arg.value, scope)))
+            else:
+                positional.append(self.evaluate(arg.value, scope))
+        return BoundArguments(tuple(positional[skip:]), tuple(keywords))
 
     # -----------------------------------------------------------------------------------------------------------
     # Statements
@@ -332,7 +518,9 @@ class ModuleInterpreter:
         elif isinstance(small, cst.Expr):
             self.evaluate(small.value, scope)
         elif isinstance(small, cst.Return) and small.value is not None:
-            self.evaluate(small.value, scope)
+            value = self.evaluate(small.value, scope)
+            if self._returns:
+                self._returns[-1].append(value)
         elif isinstance(small, cst.Assert):
             self.evaluate(small.test, scope)
             self._learn_from_guard(small.test, scope)
@@ -370,8 +558,9 @@ class ModuleInterpreter:
             attribute = target.attr.value
             recorded = _record_step(value, f"{scope.self_name}.{attribute}", value_node)
             scope.values[f"{scope.self_name}.{attribute}"] = recorded
-            if scope.class_attributes is not None:
-                scope.class_attributes[attribute] = join(scope.class_attributes.get(attribute, ()), recorded)
+            if scope.instance is not None:
+                attributes = self.class_attributes(scope.instance)
+                attributes[attribute] = join(attributes.get(attribute, ()), recorded)
         elif isinstance(target, (cst.Tuple, cst.List)):
             self._assign_unpacked(target, value, scope, value_node)
         elif isinstance(target, cst.Subscript):
@@ -453,15 +642,38 @@ class ModuleInterpreter:
         bound = scope.lookup(node.value)
         if bound is not None:
             return bound
-        qualified = self.imports.resolve(node)
-        if qualified is not None:
-            return (QualifiedName(qualified),)
+        context = scope.module_context()
+        if context is not None:
+            if node.value in context.functions:
+                return (FunctionRef(context, context.functions[node.value]),)
+            if node.value in context.classes:
+                return (ClassRef(context, context.classes[node.value]),)
+            qualified = context.imports.resolve(node)
+            if qualified is not None:
+                return (self._project_object(qualified) or QualifiedName(qualified),)
         return (Tensor(None, source=node.value),)
 
+    def _project_object(self, qualified: str) -> Optional[Value]:
+        """Return the project function or class a dotted name imports, when the project has that module."""
+        if self.project is None or qualified.startswith(("torch.", "einops.")):
+            return None
+        module_name, _, symbol = qualified.rpartition(".")
+        if not module_name:
+            return None
+        context = self.project.find(module_name)
+        if context is None:
+            return None
+        if symbol in context.functions:
+            return FunctionRef(context, context.functions[symbol])
+        if symbol in context.classes:
+            return ClassRef(context, context.classes[symbol])
+        return None
+
     def _evaluate_Attribute(self, node: cst.Attribute, scope: Scope) -> Alternatives:
-        qualified = self.imports.resolve(node)
-        if qualified is not None:
-            return (QualifiedName(qualified),)
+        context = scope.module_context()
+        qualified = context.imports.resolve(node) if context is not None else None
+        if qualified is not None and scope.lookup(qualified.split(".")[0]) is None:
+            return (self._project_object(qualified) or QualifiedName(qualified),)
         attribute = node.attr.value
         results: List[Value] = []
         for base in self.evaluate(node.value, scope):
@@ -470,12 +682,17 @@ class ModuleInterpreter:
 
     def _attribute_of(self, base: Value, attribute: str, node: cst.Attribute, scope: Scope) -> Alternatives:
         text = compact_text(node)
-        if isinstance(base, SelfRef):
-            local = scope.lookup(f"{scope.self_name}.{attribute}")
-            if local is not None:
-                return local
-            if scope.class_attributes is not None and attribute in scope.class_attributes:
-                return scope.class_attributes[attribute]
+        if isinstance(base, Instance):
+            if base == scope.instance:
+                local = scope.lookup(f"{scope.self_name}.{attribute}")
+                if local is not None:
+                    return local
+            attributes = self.class_attributes(base)
+            if attribute in attributes:
+                return attributes[attribute]
+            method = self.find_method(base, attribute)
+            if method is not None:
+                return (method,)
             return (Tensor(None, source=text),)
         if isinstance(base, Tensor):
             if attribute == "shape":
@@ -506,10 +723,29 @@ class ModuleInterpreter:
                 results.extend(self._call_layer(callee, node, scope))
             elif isinstance(callee, BoundForward):
                 results.extend(self._call_layer(callee.layer, node, scope))
+            elif isinstance(callee, FunctionRef):
+                arguments = self._bind_call(node, scope)
+                results.extend(self.invoke(callee.function, None, callee.context, node, arguments))
+            elif isinstance(callee, BoundMethod):
+                arguments = self._bind_call(node, scope)
+                context = callee.instance.context
+                results.extend(self.invoke(callee.function, callee.instance, context, node, arguments))
+            elif isinstance(callee, ClassRef):
+                self._bind_call(node, scope)
+                results.append(Instance(callee.context, callee.class_def))
+            elif isinstance(callee, Instance):
+                results.extend(self._call_instance(callee, node, self._bind_call(node, scope)))
             elif not handled_unknown:
                 handled_unknown = True
                 results.extend(self._call_unknown(node, scope))
         return join(tuple(results)) or (UNKNOWN_VALUE,)
+
+    def _call_instance(self, instance: Instance, node: cst.Call, arguments: BoundArguments) -> Alternatives:
+        """Calling an nn.Module instance runs its `forward`."""
+        method = self.find_method(instance, "forward") or self.find_method(instance, "__call__")
+        if method is None:
+            return (Tensor(None, source=compact_text(node)),)
+        return self.invoke(method.function, instance, instance.context, node, arguments)
 
     def _evaluate_Subscript(self, node: cst.Subscript, scope: Scope) -> Alternatives:
         results: List[Value] = []
@@ -596,7 +832,7 @@ class ModuleInterpreter:
         return self._comprehension(node, scope)
 
     def _comprehension(self, node, scope: Scope) -> Alternatives:
-        inner = Scope(parent=scope, class_attributes=scope.class_attributes, self_name=scope.self_name)
+        inner = Scope(parent=scope, context=scope.context, instance=scope.instance, self_name=scope.self_name)
         loop = node.for_in
         iterated = self.evaluate(loop.iter, scope)
         is_range = isinstance(loop.iter, cst.Call) and dotted_name(loop.iter.func) == "range"
@@ -610,7 +846,7 @@ class ModuleInterpreter:
         tensors = [v for v in element if isinstance(v, Tensor)]
         if tensors and is_range:
             return (LoopList(tensors[0]),)
-        layers = tuple(v for v in element if isinstance(v, Layer))
+        layers = tuple(v for v in element if isinstance(v, (Layer, Instance)))
         if layers:
             return (SequenceValue((layers,)),)
         return (UNKNOWN_VALUE,)
@@ -718,7 +954,7 @@ class ModuleInterpreter:
         if name in ("view", "reshape"):
             if len(positional) == 1 and dotted_name(positional[0]) and "dtype" in name:
                 return (tensor,)
-            if len(positional) == 1 and _is_dtype(positional[0], self.imports):
+            if len(positional) == 1 and _is_dtype(positional[0], scope.module_context()):
                 return (tensor,)
             sizes = self._sizes_from_args(args, scope)
             if not sizes:
@@ -775,7 +1011,8 @@ class ModuleInterpreter:
 
     def _repeat_count(self, repeats: cst.BaseExpression, scope: Scope) -> Size:
         # `torch.full((N,), H)` as the repeats tensor repeats every element H times.
-        if isinstance(repeats, cst.Call) and self.imports.resolve(repeats.func) == "torch.full":
+        context = scope.module_context()
+        if isinstance(repeats, cst.Call) and context and context.imports.resolve(repeats.func) == "torch.full":
             if len(repeats.args) >= 2:
                 return self.size_of(repeats.args[1].value, scope)
         return self.size_of(repeats, scope)
@@ -909,6 +1146,7 @@ class ModuleInterpreter:
             if argument is not None:
                 head_counts = self.size_of(argument, scope).texts
         batch_first = literal_bool(find_argument(node, "batch_first", None))
+        inner_layers: List[Instance] = []
         if spec.layer_argument is not None:
             argument = find_argument(node, *spec.layer_argument)
             if argument is not None:
@@ -917,10 +1155,13 @@ class ModuleInterpreter:
                         head_counts = head_counts | value.head_counts
                         if batch_first is None:
                             batch_first = value.batch_first
-        return Layer(kind, head_counts, batch_first, text=compact_text(node))
+                    elif isinstance(value, Instance):
+                        # A user-defined layer stacked by nn.TransformerEncoder/Decoder gets the masks passed on.
+                        inner_layers.append(value)
+        return Layer(kind, head_counts, batch_first, members=tuple(inner_layers), text=compact_text(node))
 
     def _build_container(self, kind: str, node: cst.Call, scope: Scope) -> Layer:
-        members: List[Layer] = []
+        members: List[Value] = []
         for arg in node.args:
             members.extend(_layers_in(self.evaluate(arg.value, scope)))
         return Layer(kind, members=tuple(members), text=compact_text(node))
@@ -1028,7 +1269,13 @@ class ModuleInterpreter:
     def _call_layer(self, layer: Layer, node: cst.Call, scope: Scope) -> Alternatives:
         self._evaluate_arguments(node, scope)
         layers = layer.members if layer.kind in CONTAINERS else (layer,)
+        results: List[Value] = []
         for member in layers:
+            if isinstance(member, Instance):
+                results.extend(self._call_instance(member, node, self._bind_call(node, scope)))
+                continue
+            if member.members and member.kind in _STACKS_PASSING_MASKS:
+                self._call_stacked_layers(member, node, scope)
             spec = LAYER_SPECS.get(member.kind)
             if spec is None:
                 continue
@@ -1040,7 +1287,22 @@ class ModuleInterpreter:
                     member.kind, argument_name, member.head_counts, member.batch_first, compact_text(node.func), node
                 )
                 self._report(values, consumer, argument if argument is not None else node)
-        return (UNKNOWN_VALUE,)
+        return join(tuple(results)) or (UNKNOWN_VALUE,)
+
+    def _call_stacked_layers(self, stack: Layer, node: cst.Call, scope: Scope) -> None:
+        """nn.TransformerEncoder passes `mask` on as each layer's `src_mask`; the decoder passes its masks on by
+        the same names (PyTorch 2.13, torch/nn/modules/transformer.py)."""
+        arguments = self._bind_call(node, scope)
+        renames = _STACKS_PASSING_MASKS[stack.kind]
+        positional_names = _STACK_POSITIONAL[stack.kind]
+        keywords = dict(arguments.keywords)
+        for name, value in zip(positional_names, arguments.positional):
+            keywords.setdefault(name, value)
+        inputs = tuple(keywords.pop(name) for name in positional_names[:_STACK_INPUTS[stack.kind]] if name in keywords)
+        passed = tuple((renames.get(name, name), value) for name, value in keywords.items())
+        for inner in stack.members:
+            if isinstance(inner, Instance):
+                self._call_instance(inner, node, BoundArguments(inputs, passed))
 
     def _check_functional(self, node: cst.Call, scope: Scope) -> None:
         self._evaluate_arguments(node, scope)
@@ -1155,10 +1417,23 @@ def _same_tensor(items: Sequence[Alternatives]) -> Optional[Tensor]:
     return None
 
 
-def _layers_in(values: Alternatives) -> List[Layer]:
-    layers: List[Layer] = []
+_STACKS_PASSING_MASKS = {
+    "torch.nn.TransformerEncoder": {"mask": "src_mask"},
+    "torch.nn.TransformerDecoder": {},
+}
+_STACK_POSITIONAL = {
+    "torch.nn.TransformerEncoder": ("src", "mask", "src_key_padding_mask", "is_causal"),
+    "torch.nn.TransformerDecoder": ("tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
+                                    "memory_key_padding_mask"),
+}
+# How many leading parameters are the layer's inputs, passed on positionally.
+_STACK_INPUTS = {"torch.nn.TransformerEncoder": 1, "torch.nn.TransformerDecoder": 2}
+
+
+def _layers_in(values: Alternatives) -> List[Value]:
+    layers: List[Value] = []
     for value in values:
-        if isinstance(value, Layer):
+        if isinstance(value, (Layer, Instance)):
             layers.append(value)
         elif isinstance(value, SequenceValue):
             for item in value.items:
@@ -1247,8 +1522,8 @@ def _int_list(positional) -> Optional[List[int]]:
     return values
 
 
-def _is_dtype(node: cst.BaseExpression, imports: ImportTable) -> bool:
-    name = imports.resolve(node) or ""
+def _is_dtype(node: cst.BaseExpression, context: Optional[ModuleContext]) -> bool:
+    name = (context.imports.resolve(node) if context is not None else None) or ""
     return name.startswith("torch.") and name.split(".")[-1] in (
         "bool", "float", "float32", "float16", "bfloat16", "float64", "double", "half", "int", "long", "uint8",
         "int8", "int32", "int64",
@@ -1259,5 +1534,9 @@ def _looks_scalar(node: cst.BaseExpression) -> bool:
     return isinstance(node, (cst.Integer, cst.Name, cst.Attribute, cst.BinaryOperation, cst.UnaryOperation))
 
 
-def iter_steps(tensor: Tensor) -> Iterable[Step]:
-    return iter(tensor.steps)
+def _methods_of(class_def: cst.ClassDef) -> List[cst.FunctionDef]:
+    return [s for s in class_def.body.body if isinstance(s, cst.FunctionDef)]
+
+
+def _classes_in(statements) -> List[cst.ClassDef]:
+    return [s for s in statements if isinstance(s, cst.ClassDef)]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional
 
 import libcst as cst
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from maskcheck.analysis.interpreter import MaskUse, ModuleInterpreter
 from maskcheck.analysis.names import source_text
+from maskcheck.analysis.project import ProjectIndex
 from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.findings import Finding
 from maskcheck.settings import Settings
@@ -17,7 +18,9 @@ from maskcheck.settings import Settings
 def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Finding]:
     from maskcheck.rules import RULES, Issue  # the rules import the analysis, so import them late
 
-    uses = ModuleInterpreter(module).run()
+    project, module_name = ProjectIndex.for_file(path) if settings.follow_imports else (None, None)
+    interpreter = ModuleInterpreter(module, path, module_name, project, settings.max_call_depth)
+    uses = interpreter.run()
     issues: List[Issue] = []
     seen = set()
     for use in uses:
@@ -36,14 +39,22 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
     positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
     findings = []
     for issue in issues:
-        where = positions[issue.node]
+        where = positions.get(issue.node)
+        message = issue.message
+        if where is None:
+            # The layout was made in another module; report where the value enters this one.
+            entry = issue.use.tensor.entry if issue.use is not None else None
+            where = positions.get(entry) if entry is not None else None
+            if where is None:
+                continue
+            message = f"{message} (the mask is built in {_locate(issue.node, project)})"
         findings.append(
             Finding(
                 path=path,
                 line=where.start.line,
                 col=where.start.column + 1,
                 code=issue.code,
-                message=issue.message,
+                message=message,
                 end_line=where.end.line,
                 end_col=where.end.column + 1,
                 expression=source_text(issue.node),
@@ -52,6 +63,16 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
             )
         )
     return findings
+
+
+def _locate(node: cst.CSTNode, project: Optional[ProjectIndex]) -> str:
+    """Return `path:line` of a node in another module of the project."""
+    for context in project.loaded() if project is not None else ():
+        positions = MetadataWrapper(context.module, unsafe_skip_copy=True).resolve(PositionProvider)
+        where = positions.get(node)
+        if where is not None:
+            return f"{context.path}:{where.start.line}"
+    return "another module"
 
 
 def _chain(issue, positions: Dict[cst.CSTNode, CodeRange]) -> ReplayChain:

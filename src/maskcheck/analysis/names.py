@@ -50,12 +50,14 @@ def dotted_name(node: cst.BaseExpression) -> Optional[str]:
 class ImportTable:
     """Maps local names to the canonical dotted names they were imported as."""
 
-    def __init__(self) -> None:
+    def __init__(self, package: Optional[str] = None) -> None:
         self._aliases: Dict[str, str] = {}
+        # The package a relative import starts from (`pkg.sub` for `pkg/sub/mod.py`); None outside a package.
+        self._package = package
 
     @classmethod
-    def from_module(cls, module: cst.Module) -> "ImportTable":
-        table = cls()
+    def from_module(cls, module: cst.Module, package: Optional[str] = None) -> "ImportTable":
+        table = cls(package)
         table._collect(module)
         return table
 
@@ -80,10 +82,15 @@ class ImportTable:
                 self._aliases[first] = first
 
     def _add_import_from(self, node: cst.ImportFrom) -> None:
-        if node.relative or node.module is None:
+        if isinstance(node.names, cst.ImportStar):
             return
-        module_name = dotted_name(node.module)
-        if module_name is None or isinstance(node.names, cst.ImportStar):
+        module_name = dotted_name(node.module) if node.module is not None else None
+        if node.relative:
+            base = self._relative_base(len(node.relative))
+            if base is None:
+                return
+            module_name = f"{base}.{module_name}" if module_name else base
+        if module_name is None:
             return
         for alias in node.names:
             imported = dotted_name(alias.name)
@@ -93,6 +100,14 @@ class ImportTable:
             if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
                 local = alias.asname.name.value
             self._aliases[local] = f"{module_name}.{imported}"
+
+    def _relative_base(self, dots: int) -> Optional[str]:
+        if self._package is None:
+            return None
+        parts = self._package.split(".")
+        if dots - 1 >= len(parts):
+            return None
+        return ".".join(parts[: len(parts) - (dots - 1)])
 
     def resolve(self, node: cst.BaseExpression) -> Optional[str]:
         """Return the canonical name a Name or Attribute chain refers to through the imports, or None."""

@@ -104,6 +104,8 @@ class Tensor:
     assumed_rank: bool = False
     # True after transpose, permute or expand: `view` cannot merge such axes and raises (reshape copies instead).
     strided: bool = False
+    # The call in the analysed module that returned this value from another module, if it came from one.
+    entry: Optional[cst.CSTNode] = None
 
     @property
     def rank(self) -> Optional[int]:
