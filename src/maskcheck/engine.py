@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import ast
+import re
 import sys
 from typing import List, Optional
 
-import libcst as cst
-
 from maskcheck.analysis.consumers import CONSUMER_TOKENS
 from maskcheck.analysis.module import analyse_module
+from maskcheck.analysis.project import module_name_for
 from maskcheck.findings import Finding, SourceError
+from maskcheck.parsing import TOO_DEEP, check_syntax_and_depth, parse_module
 from maskcheck.settings import Settings
 
 # libcst's parser and our recursive walks need deep stacks for long call chains and nested brackets. Past this,
@@ -27,50 +27,44 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     if "\x00" in source:
         raise SourceError("contains a NUL byte, so it is not a Python source file; exclude it or fix the file")
 
-    if not any(token in source for token in CONSUMER_TOKENS):
-        # No consumer can be recognised without one of these words, so the module cannot have a finding. The
-        # cheaper stdlib parser still checks the syntax, so a broken file is reported either way.
-        _check_syntax(source)
+    # The stdlib parser goes first: it is several times faster than libcst, it reports syntax errors for files
+    # the analysis skips, and it measures nesting, which libcst cannot survive past about 1,500 levels.
+    check_syntax_and_depth(source)
+    if not _may_have_findings(source, path, settings):
         return []
 
     old_limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
     try:
-        module = _parse(source)
+        module = parse_module(source)
         findings = analyse_module(module, path, settings)
     except RecursionError:
-        raise SourceError("nests too deeply to analyse; split the expression or exclude the file") from None
+        raise SourceError(TOO_DEEP) from None
     finally:
         sys.setrecursionlimit(old_limit)
 
     return sorted(set(findings), key=Finding.sort_key)
 
 
-def _check_syntax(source: str) -> None:
-    try:
-        ast.parse(source)
-    except SyntaxError as error:
-        # The running Python may be older than the file's grammar (PEP 695 generics under 3.11): libcst decides.
-        try:
-            cst.parse_module(source)
-            return
-        except cst.ParserSyntaxError:
-            pass
-        raise SourceError(
-            f"syntax error at line {error.lineno}, column {error.offset or 0}: {error.msg}; "
-            "maskcheck reads Python 3 only, so fix the syntax or exclude the file"
-        ) from None
-    except (RecursionError, MemoryError):
-        raise SourceError("nests too deeply to analyse; split the expression or exclude the file") from None
+def _may_have_findings(source: str, path: str, settings: Settings) -> bool:
+    """Return False only when the module provably has no finding, so the expensive parse can be skipped.
+
+    A finding needs a consumer call, either in this module (which then names a consumer or `attn_mask`) or in
+    project code it calls, which it must import: by a relative import or by its own top package's name.
+    """
+    if any(token in source for token in CONSUMER_TOKENS):
+        return True
+    if not settings.follow_imports:
+        return False
+    if _RELATIVE_IMPORT.search(source):
+        return True
+    module_name, _ = module_name_for(path)
+    if module_name is None or "." not in module_name:
+        # A top-level script can import its sibling modules by any name.
+        return _ANY_IMPORT.search(source) is not None
+    top_package = module_name.split(".")[0]
+    return re.search(rf"^\s*(from|import)\s+{re.escape(top_package)}\b", source, re.MULTILINE) is not None
 
 
-def _parse(source: str) -> cst.Module:
-    try:
-        return cst.parse_module(source)
-    except cst.ParserSyntaxError as error:
-        # libcst's own message spans several lines with a caret picture; keep the first line.
-        first_line = str(error.message).strip().splitlines()[0] if error.message else "invalid syntax"
-        raise SourceError(
-            f"syntax error at line {error.raw_line}, column {error.raw_column + 1}: {first_line}; "
-            "maskcheck reads Python 3 only, so fix the syntax or exclude the file"
-        ) from None
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.", re.MULTILINE)
+_ANY_IMPORT = re.compile(r"^\s*(from|import)\s+\w", re.MULTILINE)

@@ -29,7 +29,7 @@ from maskcheck.analysis.consumers import (
     find_argument,
     literal_bool,
 )
-from maskcheck.analysis.names import compact_text, dotted_name, source_text
+from maskcheck.analysis.names import compact_text, dotted_name, label_text, source_text
 from maskcheck.analysis.project import ModuleContext, ProjectIndex
 from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH
 from maskcheck.analysis.values import (
@@ -371,7 +371,7 @@ class ModuleInterpreter:
     def invoke(self, function: cst.FunctionDef, instance: Optional["Instance"], context: ModuleContext,
                node: cst.Call, arguments: "BoundArguments") -> Alternatives:
         """Interpret a project function with the caller's argument values and return what it returns."""
-        unknown_result = (Tensor(None, source=compact_text(node)),)
+        unknown_result = (Tensor(None, source=label_text(node)),)
         if len(self._call_stack) >= self.max_call_depth or function in self._call_stack:
             return unknown_result
         key = (id(function), instance, arguments, self._reporting)
@@ -549,8 +549,8 @@ class ModuleInterpreter:
     ) -> None:
         if isinstance(target, cst.Name):
             scope.values[target.value] = _record_step(value, target.value, value_node)
-            size = self.size_of(value_node, scope)
             if _is_size_expression(value_node):
+                size = self.size_of(value_node, scope)
                 scope.sizes[target.value] = Size(size.texts | {target.value}, size.terms, size.value, size.parts)
             else:
                 scope.sizes.pop(target.value, None)
@@ -681,7 +681,6 @@ class ModuleInterpreter:
         return join(tuple(results))
 
     def _attribute_of(self, base: Value, attribute: str, node: cst.Attribute, scope: Scope) -> Alternatives:
-        text = compact_text(node)
         if isinstance(base, Instance):
             if base == scope.instance:
                 local = scope.lookup(f"{scope.self_name}.{attribute}")
@@ -693,7 +692,7 @@ class ModuleInterpreter:
             method = self.find_method(base, attribute)
             if method is not None:
                 return (method,)
-            return (Tensor(None, source=text),)
+            return (Tensor(None, source=label_text(node)),)
         if isinstance(base, Tensor):
             if attribute == "shape":
                 return (ShapeOf(compact_text(node.value), base),)
@@ -708,7 +707,7 @@ class ModuleInterpreter:
             return (BoundForward(base),)
         if isinstance(base, QualifiedName):
             return (QualifiedName(f"{base.name}.{attribute}"),)
-        return (Tensor(None, source=text),)
+        return (Tensor(None, source=label_text(node)),)
 
     def _evaluate_Call(self, node: cst.Call, scope: Scope) -> Alternatives:
         callees = self.evaluate(node.func, scope)
@@ -744,7 +743,7 @@ class ModuleInterpreter:
         """Calling an nn.Module instance runs its `forward`."""
         method = self.find_method(instance, "forward") or self.find_method(instance, "__call__")
         if method is None:
-            return (Tensor(None, source=compact_text(node)),)
+            return (Tensor(None, source=label_text(node)),)
         return self.invoke(method.function, instance, instance.context, node, arguments)
 
     def _evaluate_Subscript(self, node: cst.Subscript, scope: Scope) -> Alternatives:
@@ -859,7 +858,7 @@ class ModuleInterpreter:
 
     def size_of(self, node: cst.BaseExpression, scope: Scope) -> Size:
         """Read an expression as an integer size: its texts, how many factors it multiplies, and its value."""
-        text = compact_text(node)
+        text = dotted_name(node) or compact_text(node)
         if isinstance(node, cst.Integer):
             value = int(node.evaluated_value)
             return Size(frozenset({text}), terms=0 if value == 1 else 1, value=value)
@@ -990,7 +989,7 @@ class ModuleInterpreter:
             return (replace(tensor, strided=False),)
         if name in _LAYOUT_KEEPING_METHODS:
             return (tensor,)
-        return (Tensor(None, source=compact_text(node)),)
+        return (Tensor(None, source=label_text(node)),)
 
     def _evaluate_arguments(self, node: cst.Call, scope: Scope) -> None:
         # Arguments can hold consumer calls of their own; their values are read again where needed.
@@ -1070,14 +1069,14 @@ class ModuleInterpreter:
         if not name.startswith("torch."):
             # torch's own functions that take `attn_mask` (scaled_dot_product_attention) have other contracts.
             self._check_wrapper(node, scope, compact_text(node.func))
-        return (Tensor(None, source=compact_text(node)),)
+        return (Tensor(None, source=label_text(node)),)
 
     def _call_unknown(self, node: cst.Call, scope: Scope) -> Alternatives:
         if dotted_name(node.func) == "dict":
             return self._dict_call(node, scope)
         self._evaluate_arguments(node, scope)
         self._check_wrapper(node, scope, compact_text(node.func))
-        return (Tensor(None, source=compact_text(node)),)
+        return (Tensor(None, source=label_text(node)),)
 
     def _dict_call(self, node: cst.Call, scope: Scope) -> Alternatives:
         entries = []
@@ -1109,11 +1108,11 @@ class ModuleInterpreter:
                     count = Size(frozenset({str(len(value.items))}), value=len(value.items))
                     op = tensor_ops.stack_copies if stacking else tensor_ops.concatenate_copies
                     results.append(op(same, count, dim, node))
-        return join(tuple(results)) or (Tensor(None, source=compact_text(node)),)
+        return join(tuple(results)) or (Tensor(None, source=label_text(node)),)
 
     def _einops(self, node, positional, keywords, scope) -> Alternatives:
         if len(positional) < 2 or not isinstance(positional[1], cst.SimpleString):
-            return (Tensor(None, source=compact_text(node)),)
+            return (Tensor(None, source=label_text(node)),)
         pattern = positional[1].evaluated_value
         sizes = {key: self.size_of(value, scope) for key, value in keywords.items()}
         tensors = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
@@ -1128,7 +1127,7 @@ class ModuleInterpreter:
             args = args[-1:]
         sizes = self._sizes_from_args(args, scope)
         if not sizes:
-            return Tensor(None, source=compact_text(node))
+            return Tensor(None, source=label_text(node))
         axes = tuple(
             SINGLETON if size.value == 1 else Axis((Factor(UNKNOWN, varying=True, sizes=size.texts),))
             for size in sizes
@@ -1158,13 +1157,13 @@ class ModuleInterpreter:
                     elif isinstance(value, Instance):
                         # A user-defined layer stacked by nn.TransformerEncoder/Decoder gets the masks passed on.
                         inner_layers.append(value)
-        return Layer(kind, head_counts, batch_first, members=tuple(inner_layers), text=compact_text(node))
+        return Layer(kind, head_counts, batch_first, members=tuple(inner_layers))
 
     def _build_container(self, kind: str, node: cst.Call, scope: Scope) -> Layer:
         members: List[Value] = []
         for arg in node.args:
             members.extend(_layers_in(self.evaluate(arg.value, scope)))
-        return Layer(kind, members=tuple(members), text=compact_text(node))
+        return Layer(kind, members=tuple(members))
 
     def _subscript_of(self, base: Value, node: cst.Subscript, scope: Scope) -> Alternatives:
         if isinstance(base, Tensor):

@@ -37,6 +37,22 @@ def compact_text(node: cst.CSTNode) -> str:
     return "".join(source_text(node).split())
 
 
+def label_text(node: cst.BaseExpression) -> str:
+    """Return a short label for a value's source without generating its code: `a.b` for names and attributes,
+    `f(...)` for calls of a named function, `a[...]` for subscripts. Generating code for every large expression
+    was the most expensive step of the analysis."""
+    name = dotted_name(node)
+    if name is not None:
+        return name
+    if isinstance(node, cst.Call):
+        return f"{label_text(node.func)}(...)"
+    if isinstance(node, cst.Subscript):
+        return f"{label_text(node.value)}[...]"
+    if isinstance(node, cst.Attribute):
+        return f"{label_text(node.value)}.{node.attr.value}"
+    return f"<{type(node).__name__}>"
+
+
 def dotted_name(node: cst.BaseExpression) -> Optional[str]:
     """Return `a.b.c` for a Name or an Attribute chain of Names, else None."""
     if isinstance(node, cst.Name):
@@ -125,12 +141,36 @@ class ImportTable:
 
 
 def _walk_imports(module: cst.Module) -> Iterable[cst.CSTNode]:
-    stack: list = [module]
+    """Yield every import statement, descending only through statement bodies (not expressions)."""
+    stack: list = list(reversed(module.body))
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.Import, cst.ImportFrom)):
-            yield node
+        if isinstance(node, cst.SimpleStatementLine):
+            for small in node.body:
+                if isinstance(small, (cst.Import, cst.ImportFrom)):
+                    yield small
             continue
-        if isinstance(node, (cst.BaseExpression,)):
-            continue
-        stack.extend(reversed(node.children))
+        for suite in _suites_of(node):
+            if isinstance(suite, cst.IndentedBlock):
+                stack.extend(reversed(suite.body))
+            elif isinstance(suite, cst.SimpleStatementSuite):
+                for small in suite.body:
+                    if isinstance(small, (cst.Import, cst.ImportFrom)):
+                        yield small
+
+
+def _suites_of(node: cst.CSTNode) -> Iterable[cst.BaseSuite]:
+    body = getattr(node, "body", None)
+    if isinstance(body, cst.BaseSuite):
+        yield body
+    for name in ("orelse", "finalbody"):
+        part = getattr(node, name, None)
+        while part is not None:
+            if isinstance(getattr(part, "body", None), cst.BaseSuite):
+                yield part.body
+            # An `elif` chain nests If nodes in orelse.
+            part = getattr(part, "orelse", None) if isinstance(part, cst.If) else None
+    for handler in getattr(node, "handlers", ()) or ():
+        yield handler.body
+    for case in getattr(node, "cases", ()) or ():
+        yield case.body

@@ -7,6 +7,9 @@ is first needed. Parsed modules are kept for the rest of the run, keyed by path 
 from __future__ import annotations
 
 import hashlib
+import io
+import tokenize
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -14,6 +17,8 @@ from typing import Dict, List, Optional, Tuple
 import libcst as cst
 
 from maskcheck.analysis.names import ImportTable
+from maskcheck.findings import SourceError
+from maskcheck.parsing import check_syntax_and_depth, parse_module
 
 # Imported modules larger than this are not parsed for cross-module analysis (generated tables, vendored data).
 MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
@@ -68,12 +73,22 @@ def module_name_for(path: str) -> Tuple[Optional[str], Optional[Path]]:
     return ".".join(parts) or None, folder
 
 
+# Parsed imported modules kept per run, least recently used dropped first: libcst trees are large, and a run over
+# a big tree must keep its memory flat.
+MAX_CACHED_MODULES = 128
+
+
 class ProjectIndex:
-    """Finds and parses the project's own modules by dotted name, searching the given root folders."""
+    """Finds and parses the project's own modules by dotted name, searching the given root folders.
+
+    One index is shared by every file of a run that has the same roots, so an imported module is parsed once.
+    """
+
+    _shared: Dict[Tuple[Path, ...], "ProjectIndex"] = {}
 
     def __init__(self, roots: List[Path]) -> None:
         self.roots = [root.resolve() for root in roots]
-        self._by_path: Dict[Tuple[str, str], Optional[ModuleContext]] = {}
+        self._by_path: "OrderedDict[Tuple[str, str], Optional[ModuleContext]]" = OrderedDict()
 
     @classmethod
     def for_file(cls, path: str) -> Tuple[Optional["ProjectIndex"], Optional[str]]:
@@ -84,7 +99,11 @@ class ProjectIndex:
         own_folder = Path(path).resolve().parent
         if own_folder != root:
             roots.append(own_folder)
-        return cls(roots), name
+        key = tuple(roots)
+        index = cls._shared.get(key)
+        if index is None:
+            index = cls._shared[key] = cls(roots)
+        return index, name
 
     def find(self, dotted: str) -> Optional[ModuleContext]:
         """Return the parsed module for a dotted name, or None when it is not part of the project."""
@@ -105,12 +124,18 @@ class ProjectIndex:
             return None
         key = (str(path), hashlib.blake2b(data, digest_size=16).hexdigest())
         if key in self._by_path:
+            self._by_path.move_to_end(key)
             return self._by_path[key]
         context = None
         if len(data) <= MAX_IMPORTED_MODULE_BYTES and b"\x00" not in data:
             try:
-                context = ModuleContext.build(cst.parse_module(data), dotted, str(path))
-            except (cst.ParserSyntaxError, RecursionError, UnicodeDecodeError, ValueError):
+                text = data.decode(tokenize.detect_encoding(io.BytesIO(data).readline)[0])
+                check_syntax_and_depth(text)
+                context = ModuleContext.build(parse_module(text), dotted, str(path))
+            except (SourceError, SyntaxError, RecursionError, UnicodeDecodeError, LookupError, ValueError):
+                # An imported module that cannot be analysed is treated like a library: its calls are not followed.
                 context = None
         self._by_path[key] = context
+        while len(self._by_path) > MAX_CACHED_MODULES:
+            self._by_path.popitem(last=False)
         return context
