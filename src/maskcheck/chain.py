@@ -45,6 +45,9 @@ class ReplayChain:
     `sizes` maps expression texts found in the steps (`num_heads`, `x.shape[0]`, `bsz`) to a size role.
     `consumer` is the qualified name of the attention call, e.g. `torch.nn.MultiheadAttention`.
     `flagged_step` indexes `steps`; `replacement` is the fixed text of that step's expression.
+    `argument` is the consumer's parameter that receives the mask (`attn_mask`, `src_mask`, `mask`, `tgt_mask`,
+    `memory_mask`), or None when unknown. The decoder layers and nn.Transformer take a square self-attention mask
+    through `tgt_mask` and an (L, S) cross-attention mask through `memory_mask`, so the replay needs to know which.
     """
 
     source_name: str
@@ -55,3 +58,4 @@ class ReplayChain:
     batch_first: Optional[bool]
     flagged_step: int
     replacement: Optional[str]
+    argument: Optional[str] = None

@@ -105,6 +105,8 @@ class Instance:
 
     context: ModuleContext = field(compare=False, hash=False)
     class_def: cst.ClassDef
+    # What the constructor was called with, so layers passed in (`PreNorm(dim, Attention(...))`) are known.
+    arguments: Optional["BoundArguments"] = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,13 @@ class BoundMethod:
 
     instance: Instance
     function: cst.FunctionDef
+
+
+@dataclass(frozen=True)
+class DictLookup:
+    """`d.get` or `d.pop` of a dict whose entries are known."""
+
+    entries: DictValue
 
 
 @dataclass(frozen=True)
@@ -238,7 +247,7 @@ class ModuleInterpreter:
         # (to find nested consumers, then as operands), and without this a nested call chain costs 2**depth.
         self._memo: Dict[int, Alternatives] = {}
         self._module_scopes: Dict[int, Scope] = {}
-        self._class_attributes: Dict[int, Dict[str, Alternatives]] = {}
+        self._class_attributes: Dict[tuple, Dict[str, Alternatives]] = {}
         self._summaries: Dict[tuple, Alternatives] = {}
         self._call_stack: List[cst.FunctionDef] = []
         self._returns: List[List[Alternatives]] = []
@@ -271,12 +280,18 @@ class ModuleInterpreter:
         self.class_attributes(instance)
         for method in _methods_of(class_def):
             self._run_function(method, outer, instance=instance)
+        # Methods inherited from project base classes run on this class's instance too: an override here can
+        # change what the inherited code does (a base `forward` that calls `self.build_mask()`).
+        own = {method.name.value for method in _methods_of(class_def)}
+        for base in self._base_instances(instance):
+            for method in self._inherited_methods(base, own):
+                self._run_function(method, self._module_scope(base.context), instance=instance)
         for nested in _classes_in(class_def.body.body):
             self._run_class(nested, outer, context)
 
     def class_attributes(self, instance: "Instance") -> Dict[str, Alternatives]:
         """Collect the `self.<attr>` values that any method of the class (or a project base class) sets."""
-        key = id(instance.class_def)
+        key = (id(instance.class_def), instance.arguments)
         attributes = self._class_attributes.get(key)
         if attributes is not None:
             return attributes
@@ -294,7 +309,12 @@ class ModuleInterpreter:
         saved = self._memo
         for method in methods:
             self._memo = {}
-            self._run_function(method, outer, instance=instance)
+            if method.name.value == "__init__" and instance.arguments is not None:
+                scope = Scope(parent=outer, context=outer.context, instance=instance)
+                self._bind_parameters(method, scope, instance, instance.arguments)
+                self._run_body(method, scope)
+            else:
+                self._run_function(method, outer, instance=instance)
         self._memo = saved
         self._reporting = was_reporting
         return attributes
@@ -306,6 +326,16 @@ class ModuleInterpreter:
                 if isinstance(value, ClassRef):
                     bases.append(Instance(value.context, value.class_def))
         return bases
+
+    def _inherited_methods(self, base: "Instance", overridden: set) -> List[cst.FunctionDef]:
+        methods = []
+        for method in _methods_of(base.class_def):
+            if method.name.value not in overridden:
+                overridden.add(method.name.value)
+                methods.append(method)
+        for grand_base in self._base_instances(base):
+            methods.extend(self._inherited_methods(grand_base, overridden))
+        return methods
 
     def find_method(self, instance: "Instance", name: str) -> Optional["BoundMethod"]:
         for method in _methods_of(instance.class_def):
@@ -415,9 +445,9 @@ class ModuleInterpreter:
                     if isinstance(value, SequenceValue):
                         positional.extend(value.items)
             elif arg.keyword is not None:
-                keywords.append((arg.keyword.value, self.evaluate(arg.value, scope)))
+                keywords.append((arg.keyword.value, _record_step(self.evaluate(arg.value, scope), None, arg.value)))
             else:
-                positional.append(self.evaluate(arg.value, scope))
+                positional.append(_record_step(self.evaluate(arg.value, scope), None, arg.value))
         return BoundArguments(tuple(positional[skip:]), tuple(keywords))
 
     # -----------------------------------------------------------------------------------------------------------
@@ -478,8 +508,7 @@ class ModuleInterpreter:
 
     def _run_loop(self, statement, scope: Scope, functions, classes) -> None:
         if isinstance(statement, cst.For):
-            iterated = self.evaluate(statement.iter, scope)
-            self._assign_target(statement.target, _loop_elements(iterated), scope, statement.iter)
+            self._assign_target(statement.target, self._iterate(statement.iter, scope), scope, statement.iter)
         else:
             self.evaluate(statement.test, scope)
         before = scope.snapshot()
@@ -489,6 +518,26 @@ class ModuleInterpreter:
             scope.restore(join_states(before, scope.snapshot()))
         if statement.orelse is not None:
             self._run_suite(statement.orelse.body, scope, functions, classes)
+
+    def _iterate(self, node: cst.BaseExpression, scope: Scope) -> Alternatives:
+        """Return what one iteration of `for target in node` binds, for the iterables layers live in."""
+        if isinstance(node, cst.Call) and node.args:
+            function = dotted_name(node.func)
+            first = node.args[0].value
+            if function == "enumerate":
+                return (SequenceValue(((UNKNOWN_VALUE,), self._iterate(first, scope))),)
+            if function == "zip":
+                return (SequenceValue(tuple(self._iterate(arg.value, scope) for arg in node.args)),)
+            if function in ("reversed", "list", "tuple", "iter"):
+                return self._iterate(first, scope)
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and not node.args:
+            method = node.func.attr.value
+            if method in ("items", "values"):
+                members = _loop_elements(self.evaluate(node.func.value, scope))
+                if method == "values":
+                    return members
+                return (SequenceValue(((UNKNOWN_VALUE,), members)),)
+        return _loop_elements(self.evaluate(node, scope))
 
     def _run_try(self, statement, scope: Scope, functions, classes) -> None:
         before = scope.snapshot()
@@ -517,6 +566,7 @@ class ModuleInterpreter:
             self.evaluate(small.value, scope)
         elif isinstance(small, cst.Expr):
             self.evaluate(small.value, scope)
+            self._grow_container(small.value, scope)
         elif isinstance(small, cst.Return) and small.value is not None:
             value = self.evaluate(small.value, scope)
             if self._returns:
@@ -525,13 +575,51 @@ class ModuleInterpreter:
             self.evaluate(small.test, scope)
             self._learn_from_guard(small.test, scope)
 
+    def _learn_shape(self, guarded: cst.BaseExpression, shape: cst.BaseExpression, scope: Scope) -> bool:
+        name, prefix_only = _shape_of(guarded)
+        if name is None:
+            return False
+        sizes = [self.size_of(e.value, scope) for e in shape.elements if not isinstance(e, cst.StarredElement)]
+        if len(sizes) != len(shape.elements):
+            return False
+        bound = scope.lookup(name)
+        if not bound:
+            return False
+        updated = []
+        for value in bound:
+            if isinstance(value, Tensor):
+                value = tensor_ops.name_axes(value, sizes, whole_shape=not prefix_only)
+            updated.append(value)
+        scope.values[name] = tuple(updated)
+        return True
+
+    def _grow_container(self, node: cst.BaseExpression, scope: Scope) -> None:
+        """`self.blocks.append(Block(...))` adds a member to a ModuleList built earlier."""
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.args):
+            return
+        if node.func.attr.value not in ("append", "extend", "insert", "add_module"):
+            return
+        target = node.func.value
+        added = _layers_in(self.evaluate(node.args[-1].value, scope))
+        if not added:
+            return
+        grown = tuple(
+            replace(v, members=v.members + tuple(added)) if isinstance(v, Layer) and v.kind in CONTAINERS else v
+            for v in self.evaluate(target, scope)
+        )
+        self._assign_target(target, grown, scope, target)
+
     def _learn_from_guard(self, test: cst.BaseExpression, scope: Scope) -> None:
-        """`m.shape[0] == x.shape[0]` (or `!=`, `.size(0)`, a batch-size name) says axis 0 of `m` is the batch."""
+        """`m.shape[0] == x.shape[0]` (or `!=`, `.size(0)`, a batch-size name) says axis 0 of `m` is the batch;
+        `m.shape == (bsz, num_heads, L, S)` or `m.shape[:2] == (...)` names every axis it lists."""
         if not isinstance(test, cst.Comparison) or len(test.comparisons) != 1:
             return
         if not isinstance(test.comparisons[0].operator, (cst.Equal, cst.NotEqual)):
             return
         sides = (test.left, test.comparisons[0].comparator)
+        for guarded, other in (sides, sides[::-1]):
+            if isinstance(other, (cst.Tuple, cst.List)) and self._learn_shape(guarded, other, scope):
+                return
         for guarded, other in (sides, sides[::-1]):
             name = _leading_size_of(guarded)
             if name is None or not _names_batch_size(other):
@@ -568,6 +656,13 @@ class ModuleInterpreter:
 
     def _assign_unpacked(self, target, value: Alternatives, scope: Scope, value_node) -> None:
         elements = [e.value for e in target.elements]
+        if isinstance(value_node, (cst.Tuple, cst.List)) and len(value_node.elements) == len(elements):
+            # `a, b = m.repeat(h, 1, 1), x`: each target gets its own element, with its own step.
+            if not any(isinstance(e, cst.StarredElement) for e in value_node.elements):
+                for element, source in zip(elements, value_node.elements):
+                    item = self.evaluate(source.value, scope)
+                    self._assign_target(element, item, scope, source.value)
+                return
         for index, element in enumerate(elements):
             if isinstance(element, cst.StarredElement):
                 continue
@@ -653,9 +748,12 @@ class ModuleInterpreter:
                 return (self._project_object(qualified) or QualifiedName(qualified),)
         return (Tensor(None, source=node.value),)
 
-    def _project_object(self, qualified: str) -> Optional[Value]:
-        """Return the project function or class a dotted name imports, when the project has that module."""
-        if self.project is None or qualified.startswith(("torch.", "einops.")):
+    def _project_object(self, qualified: str, hops: int = 0) -> Optional[Value]:
+        """Return the project function or class a dotted name imports, when the project has that module.
+
+        A name that the module itself imports (a re-export in a package's `__init__.py`) is followed a few hops.
+        """
+        if self.project is None or qualified.startswith(("torch.", "einops.")) or hops > 4:
             return None
         module_name, _, symbol = qualified.rpartition(".")
         if not module_name:
@@ -667,6 +765,9 @@ class ModuleInterpreter:
             return FunctionRef(context, context.functions[symbol])
         if symbol in context.classes:
             return ClassRef(context, context.classes[symbol])
+        reexported = context.imports.resolve(cst.Name(symbol))
+        if reexported is not None and reexported != qualified:
+            return self._project_object(reexported, hops + 1)
         return None
 
     def _evaluate_Attribute(self, node: cst.Attribute, scope: Scope) -> Alternatives:
@@ -705,6 +806,8 @@ class ModuleInterpreter:
             return (Method(base, attribute, node),)
         if isinstance(base, Layer) and attribute == "forward":
             return (BoundForward(base),)
+        if isinstance(base, DictValue) and attribute in ("get", "pop"):
+            return (DictLookup(base),)
         if isinstance(base, QualifiedName):
             return (QualifiedName(f"{base.name}.{attribute}"),)
         return (Tensor(None, source=label_text(node)),)
@@ -729,15 +832,26 @@ class ModuleInterpreter:
                 arguments = self._bind_call(node, scope)
                 context = callee.instance.context
                 results.extend(self.invoke(callee.function, callee.instance, context, node, arguments))
+            elif isinstance(callee, DictLookup):
+                results.extend(self._dict_lookup(callee.entries, node, scope))
             elif isinstance(callee, ClassRef):
-                self._bind_call(node, scope)
-                results.append(Instance(callee.context, callee.class_def))
+                arguments = self._bind_call(node, scope)
+                results.append(Instance(callee.context, callee.class_def, arguments))
             elif isinstance(callee, Instance):
                 results.extend(self._call_instance(callee, node, self._bind_call(node, scope)))
             elif not handled_unknown:
                 handled_unknown = True
                 results.extend(self._call_unknown(node, scope))
         return join(tuple(results)) or (UNKNOWN_VALUE,)
+
+    def _dict_lookup(self, entries: DictValue, node: cst.Call, scope: Scope) -> Alternatives:
+        """`kwargs.get("mask")` or `kwargs.pop("mask", None)`."""
+        key_node = node.args[0].value if node.args else None
+        default = self.evaluate(node.args[1].value, scope) if len(node.args) > 1 else (UNKNOWN_VALUE,)
+        if not isinstance(key_node, cst.SimpleString):
+            return (UNKNOWN_VALUE,)
+        found = entries.get(key_node.evaluated_value)
+        return join(found, default) if found is not None else default
 
     def _call_instance(self, instance: Instance, node: cst.Call, arguments: BoundArguments) -> Alternatives:
         """Calling an nn.Module instance runs its `forward`."""
@@ -927,9 +1041,13 @@ class ModuleInterpreter:
     # -----------------------------------------------------------------------------------------------------------
     # Calls
 
-    def _call_method(self, method: Method, node: cst.Call, scope: Scope) -> Alternatives:
+    def _call_method(
+        self, method: Method, node: cst.Call, scope: Scope, args: Optional[Sequence[cst.Arg]] = None
+    ) -> Alternatives:
+        """Apply a tensor method. `args` replaces the call's arguments for a function form such as
+        `torch.tile(m, dims)`, whose first argument is the receiver; records still point at `node`."""
         tensor, name = method.receiver, method.name
-        args = node.args
+        args = node.args if args is None else args
         self._evaluate_arguments(node, scope)
         keywords = {a.keyword.value: a.value for a in args if a.keyword is not None}
         positional = [a.value for a in args if a.keyword is None and not a.star]
@@ -959,7 +1077,7 @@ class ModuleInterpreter:
             if not sizes:
                 return (tensor_ops.unknown_like(tensor),)
             result = tensor_ops.reshape(tensor, sizes, node)
-            if name == "view" and tensor.strided and _merges_at(result, node):
+            if name == "view" and not tensor.is_contiguous() and _merges_at(result, node):
                 # view() raises when it must merge axes that transpose, permute or expand left non-contiguous.
                 return (tensor_ops.unknown_like(result),)
             return (result,)
@@ -986,7 +1104,7 @@ class ModuleInterpreter:
                 return (Size(frozenset({compact_text(node)})),)
             return (ShapeOf(compact_text(method.node.value), tensor),)
         if name in ("contiguous", "clone"):
-            return (replace(tensor, strided=False),)
+            return (tensor.with_axes(tensor.axes, contiguous=True),)
         if name in _LAYOUT_KEEPING_METHODS:
             return (tensor,)
         return (Tensor(None, source=label_text(node)),)
@@ -1051,10 +1169,10 @@ class ModuleInterpreter:
             as_method = _TORCH_FUNCTION_AS_METHOD.get(name)
             if as_method is not None:
                 receivers = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
-                shifted = node.with_changes(args=node.args[1:])
                 results: List[Value] = []
                 for receiver in receivers:
-                    results.extend(self._call_method(Method(receiver, as_method, node.func), shifted, scope))
+                    method = Method(receiver, as_method, node.func)
+                    results.extend(self._call_method(method, node, scope, args=node.args[1:]))
                 return join(tuple(results)) or (UNKNOWN_VALUE,)
             if name == "torch.where" and len(positional) >= 1:
                 return tuple(v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)) or (
@@ -1132,7 +1250,7 @@ class ModuleInterpreter:
             SINGLETON if size.value == 1 else Axis((Factor(UNKNOWN, varying=True, sizes=size.texts),))
             for size in sizes
         )
-        return Tensor(axes, source=compact_text(node))
+        return Tensor(None, source=label_text(node)).with_axes(axes, contiguous=True)
 
     # -----------------------------------------------------------------------------------------------------------
     # Layers and consumers
@@ -1171,6 +1289,8 @@ class ModuleInterpreter:
         if isinstance(base, ShapeOf) and len(node.slice) == 1:
             return (Size(frozenset({compact_text(node)})),)
         if isinstance(base, Layer) and base.kind in CONTAINERS:
+            if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Slice):
+                return (base,)
             return tuple(base.members) or (UNKNOWN_VALUE,)
         if isinstance(base, SequenceValue) and len(node.slice) == 1:
             index = node.slice[0].slice
@@ -1191,6 +1311,9 @@ class ModuleInterpreter:
         entries = []
         for element in node.slice:
             item = element.slice
+            if isinstance(item, cst.Index) and isinstance(item.value, (cst.SimpleString, cst.ConcatenatedString)):
+                # `batch["mask"]`: the base is a dict-like object, and the entry is a value of its own.
+                return Tensor(None, source=label_text(node))
             if isinstance(item, cst.Slice):
                 entries.append(self._slice_entry(item, scope))
             elif isinstance(item.value, cst.Name) and item.value.value == "None":
@@ -1267,6 +1390,8 @@ class ModuleInterpreter:
 
     def _call_layer(self, layer: Layer, node: cst.Call, scope: Scope) -> Alternatives:
         self._evaluate_arguments(node, scope)
+        if layer.kind == "torch.nn.Sequential" and layer.members:
+            return self._call_sequential(layer, node, scope)
         layers = layer.members if layer.kind in CONTAINERS else (layer,)
         results: List[Value] = []
         for member in layers:
@@ -1287,6 +1412,18 @@ class ModuleInterpreter:
                 )
                 self._report(values, consumer, argument if argument is not None else node)
         return join(tuple(results)) or (UNKNOWN_VALUE,)
+
+    def _call_sequential(self, layer: Layer, node: cst.Call, scope: Scope) -> Alternatives:
+        """nn.Sequential calls each member with the previous member's output."""
+        arguments = self._bind_call(node, scope)
+        result: Alternatives = (UNKNOWN_VALUE,)
+        for member in layer.members:
+            if isinstance(member, Instance):
+                result = self._call_instance(member, node, arguments)
+            else:
+                result = (UNKNOWN_VALUE,)
+            arguments = BoundArguments((result,), ())
+        return result
 
     def _call_stacked_layers(self, stack: Layer, node: cst.Call, scope: Scope) -> None:
         """nn.TransformerEncoder passes `mask` on as each layer's `src_mask`; the decoder passes its masks on by
@@ -1369,7 +1506,7 @@ _TORCH_FUNCTION_AS_METHOD = {
 }
 
 
-def _record_step(value: Alternatives, target: str, node: cst.BaseExpression) -> Alternatives:
+def _record_step(value: Alternatives, target: Optional[str], node: cst.BaseExpression) -> Alternatives:
     if _is_plain_reference(node):
         return value
     return tuple(v.with_step(Step(target, node)) if isinstance(v, Tensor) else v for v in value)
@@ -1454,6 +1591,23 @@ def _loop_elements(values: Alternatives) -> Alternatives:
             for item in value.items:
                 elements.extend(item)
     return tuple(elements) or (UNKNOWN_VALUE,)
+
+
+def _shape_of(node: cst.BaseExpression) -> Tuple[Optional[str], bool]:
+    """Return (`m`, False) for `m.shape`, `m.size()` or `tuple(m.shape)`, and (`m`, True) for `m.shape[:k]`."""
+    if isinstance(node, cst.Call) and dotted_name(node.func) == "tuple" and len(node.args) == 1:
+        return _shape_of(node.args[0].value)
+    if isinstance(node, cst.Attribute) and node.attr.value == "shape":
+        return dotted_name(node.value), False
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value == "size":
+        if not node.args:
+            return dotted_name(node.func.value), False
+    if isinstance(node, cst.Subscript) and len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Slice):
+        part = node.slice[0].slice
+        if part.lower is None and part.step is None:
+            name, _ = _shape_of(node.value)
+            return name, True
+    return None, False
 
 
 def _leading_size_of(node: cst.BaseExpression) -> Optional[str]:

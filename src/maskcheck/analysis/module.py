@@ -47,7 +47,10 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
             where = positions.get(entry) if entry is not None else None
             if where is None:
                 continue
-            message = f"{message} (the mask is built in {_locate(issue.node, project)})"
+            quoted = " ".join(source_text(entry).split())
+            if len(quoted) > 90:
+                quoted = quoted[:87] + "..."
+            message = f"`{quoted}` returns a mask built in {_locate(issue.node, project)}: {message}"
         findings.append(
             Finding(
                 path=path,

@@ -51,7 +51,7 @@ def materialize(tensor: Tensor, rank: Optional[int] = None) -> Tensor:
         return tensor
     if rank is None:
         rank = default_rank(tensor)
-    return tensor.with_axes(fresh_axes(max(rank, 0)), assumed_rank=True)
+    return tensor.with_axes(fresh_axes(max(rank, 0)), assumed_rank=True, contiguous=True)
 
 
 def unknown_like(tensor: Tensor) -> Tensor:
@@ -100,7 +100,7 @@ def repeat(tensor: Tensor, counts: Sequence[Size], node: cst.CSTNode, kind: str 
         factors = (copy_factor(count),) + axis.factors
         merged_by = record if axis.factors else axis.merged_by
         result.append(Axis(factors, merged_by=merged_by, placed_by=axis.placed_by))
-    return tensor.with_axes(tuple(result), strided=False)
+    return tensor.with_axes(tuple(result), contiguous=True)
 
 
 def repeat_interleave(tensor: Tensor, count: Size, dim: Optional[int], node: cst.CSTNode) -> Tensor:
@@ -116,7 +116,7 @@ def repeat_interleave(tensor: Tensor, count: Size, dim: Optional[int], node: cst
     axis = axes[position]
     record = OpRecord(node, "repeat_interleave", tuple(sorted(count.texts)))
     axes[position] = Axis(axis.factors + (copy_factor(count),), merged_by=record, placed_by=axis.placed_by)
-    return tensor.with_axes(tuple(axes), strided=False)
+    return tensor.with_axes(tuple(axes), contiguous=True)
 
 
 def expand(tensor: Tensor, sizes: Sequence[Size], node: cst.CSTNode) -> Tensor:
@@ -194,7 +194,7 @@ def transpose(tensor: Tensor, first: int, second: int, node: cst.CSTNode) -> Ten
     axes = list(tensor.axes)
     record = OpRecord(node, "transpose")
     axes[a], axes[b] = _placed(axes[b], record), _placed(axes[a], record)
-    return tensor.with_axes(tuple(axes), strided=tensor.strided or a != b)
+    return tensor.with_axes(tuple(axes))
 
 
 def permute(tensor: Tensor, order: Sequence[int], node: cst.CSTNode) -> Tensor:
@@ -208,7 +208,7 @@ def permute(tensor: Tensor, order: Sequence[int], node: cst.CSTNode) -> Tensor:
     for new_position, old_position in enumerate(positions):
         axis = tensor.axes[old_position]
         axes.append(_placed(axis, record) if new_position != old_position else axis)
-    return tensor.with_axes(tuple(axes), strided=tensor.strided or positions != list(range(rank)))
+    return tensor.with_axes(tuple(axes))
 
 
 def _placed(axis: Axis, record: OpRecord) -> Axis:
@@ -226,7 +226,7 @@ def flatten(tensor: Tensor, start: int, end: int, node: cst.CSTNode) -> Tensor:
     if a is None or b is None or a > b:
         return unknown_like(tensor)
     merged = _merge(tensor.axes[a : b + 1], OpRecord(node, "flatten"))
-    return tensor.with_axes(tensor.axes[:a] + (merged,) + tensor.axes[b + 1 :], strided=False)
+    return tensor.with_axes(tensor.axes[:a] + (merged,) + tensor.axes[b + 1 :], contiguous=True)
 
 
 def _merge(axes: Sequence[Axis], record: OpRecord) -> Axis:
@@ -269,7 +269,7 @@ def reshape(tensor: Tensor, sizes: Sequence[Size], node: cst.CSTNode) -> Tensor:
     middle = _group_middle(source, targets, record)
     if middle is None:
         return unknown_like(tensor)
-    return tensor.with_axes(tuple(head + middle + tail), strided=False)
+    return tensor.with_axes(tuple(head + middle + tail), contiguous=True)
 
 
 def _matches_one_to_one(size: Size, axis: Axis) -> bool:
@@ -358,7 +358,7 @@ def concatenate_copies(element: Tensor, count: Size, dim: int, node: cst.CSTNode
     axis = axes[position]
     record = OpRecord(node, "cat", tuple(sorted(count.texts)))
     axes[position] = Axis((copy_factor(count),) + axis.factors, merged_by=record, placed_by=axis.placed_by)
-    return element.with_axes(tuple(axes))
+    return element.with_axes(tuple(axes), contiguous=True)
 
 
 def stack_copies(element: Tensor, count: Size, dim: int, node: cst.CSTNode) -> Tensor:
@@ -369,7 +369,7 @@ def stack_copies(element: Tensor, count: Size, dim: int, node: cst.CSTNode) -> T
         return unknown_like(element)
     axes = list(element.axes)
     axes.insert(position, Axis((copy_factor(count),), placed_by=OpRecord(node, "stack", (str(position),))))
-    return element.with_axes(tuple(axes))
+    return element.with_axes(tuple(axes), contiguous=True)
 
 
 def concatenate_loop(element: Tensor, dim: int, node: cst.CSTNode) -> Tensor:
@@ -472,6 +472,22 @@ def matmul(first: Tensor, second: Tensor) -> Tensor:
 def _with_role(axis: Axis, role: str, evidence: str) -> Axis:
     factors = tuple(f.with_role(role, evidence) if f.role == UNKNOWN else f for f in axis.factors)
     return Axis(factors, axis.merged_by, axis.placed_by)
+
+
+def name_axes(tensor: Tensor, sizes: Sequence[Size], whole_shape: bool) -> Tensor:
+    """Record the sizes a shape guard names: `assert m.shape == (bsz, num_heads, L, S)` gives m rank 4 and
+    names each axis, so the roles of its factors are known later."""
+    if tensor.axes is None:
+        # A guard on a prefix names the leading axes of a mask, which then ends with its (L, S) axes.
+        tensor = materialize(tensor, len(sizes) if whole_shape else len(sizes) + 2)
+    if len(sizes) > len(tensor.axes) or (whole_shape and len(sizes) != len(tensor.axes)):
+        return tensor
+    axes = list(tensor.axes)
+    for position, size in enumerate(sizes):
+        axis = axes[position]
+        if len(axis.factors) == 1 and size.value is None:
+            axes[position] = Axis((axis.factors[0].with_sizes(size.texts),), axis.merged_by, axis.placed_by)
+    return tensor.with_axes(tuple(axes))
 
 
 def mark_batch_axis(tensor: Tensor, evidence: str) -> Tensor:

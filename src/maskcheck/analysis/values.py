@@ -102,8 +102,11 @@ class Tensor:
     steps: Tuple[Step, ...] = ()
     # The rank the analysis assumed for an unknown value, so messages can say so.
     assumed_rank: bool = False
-    # True after transpose, permute or expand: `view` cannot merge such axes and raises (reshape copies instead).
+    # True after expand, whose copies have stride 0: `view` cannot merge such axes and raises (reshape copies).
     strided: bool = False
+    # The axes (by the uid of their first factor) in memory order when the tensor was last contiguous; a
+    # transpose or permute changes the axis order but not this, so two transposes that cancel leave it contiguous.
+    memory_order: Optional[Tuple[int, ...]] = None
     # The call in the analysed module that returned this value from another module, if it came from one.
     entry: Optional[cst.CSTNode] = None
 
@@ -112,17 +115,35 @@ class Tensor:
         return None if self.axes is None else len(self.axes)
 
     def with_axes(
-        self, axes: Optional[Tuple[Axis, ...]], assumed_rank: Optional[bool] = None, strided: Optional[bool] = None
+        self,
+        axes: Optional[Tuple[Axis, ...]],
+        assumed_rank: Optional[bool] = None,
+        strided: Optional[bool] = None,
+        contiguous: bool = False,
     ) -> "Tensor":
+        """Return the tensor with new axes; `contiguous=True` for operations that return a fresh copy."""
+        memory_order = axis_order(axes) if contiguous else self.memory_order
         return replace(
             self,
             axes=axes,
             assumed_rank=self.assumed_rank if assumed_rank is None else assumed_rank,
-            strided=self.strided if strided is None else strided,
+            strided=False if contiguous else (self.strided if strided is None else strided),
+            memory_order=memory_order,
         )
+
+    def is_contiguous(self) -> bool:
+        if self.strided:
+            return False
+        return self.memory_order is None or self.axes is None or axis_order(self.axes) == self.memory_order
 
     def with_step(self, step: Step) -> "Tensor":
         return replace(self, steps=self.steps + (step,))
+
+
+def axis_order(axes: Optional[Tuple[Axis, ...]]) -> Optional[Tuple[int, ...]]:
+    if axes is None:
+        return None
+    return tuple(axis.factors[0].uid for axis in axes if axis.factors)
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,21 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from maskcheck.verify.tensor_ops import MAX_DIM_SIZE, MAX_ELEMENTS, ReplayError, TensorOps, short_text
+from maskcheck.verify.tensor_ops import (
+    MAX_DIM_SIZE,
+    MAX_ELEMENTS,
+    ReplayError,
+    TensorOps,
+    outer_parentheses_match,
+    short_text,
+)
 
 # Upper bound on evaluated nodes per step, so nested comprehensions cannot run for minutes.
 MAX_EVALUATIONS = 100_000
+# libcst 1.9's native parser crashes the process (a segmentation fault, not a RecursionError) on about 2,000 nested
+# brackets or 10,000 nested unary operators, so longer or deeper step texts are rejected before parsing.
+MAX_STEP_CHARACTERS = 5_000
+MAX_BRACKET_DEPTH = 200
 
 __all__ = ["MAX_DIM_SIZE", "MAX_ELEMENTS", "ReplayError", "Step", "normalise_text", "parse_step", "replay_steps"]
 
@@ -59,14 +70,30 @@ _GLOBAL_NAMES: Dict[str, str] = {
 
 _DTYPE_NAMES = frozenset(
     {
-        "bool", "float", "float32", "float16", "half", "bfloat16", "double", "float64",
-        "long", "int64", "int", "int32", "short", "int16", "int8", "uint8",
+        "bool",
+        "float",
+        "float32",
+        "float16",
+        "half",
+        "bfloat16",
+        "double",
+        "float64",
+        "long",
+        "int64",
+        "int",
+        "int32",
+        "short",
+        "int16",
+        "int8",
+        "uint8",
     }
 )
 
 # Keyword arguments that never change a tensor's layout or values on the CPU. They are skipped unevaluated, so
 # `device=x.device` needs no binding for `x`.
-_IGNORED_KEYWORDS = frozenset({"device", "non_blocking", "pin_memory", "memory_format", "layout", "requires_grad", "copy"})
+_IGNORED_KEYWORDS = frozenset(
+    {"device", "non_blocking", "pin_memory", "memory_format", "layout", "requires_grad", "copy"}
+)
 
 _BINARY_OPERATORS: Dict[type, Callable[[Any, Any], Any]] = {
     cst.Add: lambda a, b: a + b,
@@ -97,21 +124,9 @@ def normalise_text(text: str) -> str:
     if "#" in text:
         text = re.sub(r"#[^\n]*", "", text)
     text = "".join(text.split())
-    while text.startswith("(") and text.endswith(")") and _outer_parentheses_match(text):
+    while text.startswith("(") and text.endswith(")") and outer_parentheses_match(text):
         text = text[1:-1]
     return text
-
-
-def _outer_parentheses_match(text: str) -> bool:
-    depth = 0
-    for index, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0 and index != len(text) - 1:
-                return False
-    return depth == 0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -121,6 +136,11 @@ def parse_step(code: str) -> Tuple[cst.Module, cst.BaseExpression]:
     The text is wrapped in parentheses so that code spanning lines and trailing comments parse as they did inside
     the user's statement. Raises ReplayError when the text is not a single expression.
     """
+    if len(code) > MAX_STEP_CHARACTERS:
+        raise ReplayError("the step's text", f"is longer than {MAX_STEP_CHARACTERS} characters; rejected")
+    if _bracket_depth(code) > MAX_BRACKET_DEPTH:
+        raise ReplayError("the step's text", f"nests brackets deeper than {MAX_BRACKET_DEPTH} levels; rejected")
+
     problem = "is not a single Python expression"
     try:
         module = cst.parse_module("(" + code + "\n)\n")
@@ -133,6 +153,18 @@ def parse_step(code: str) -> Tuple[cst.Module, cst.BaseExpression]:
     if not isinstance(expression, cst.Expr):
         raise ReplayError("the step's text", problem)
     return module, expression.value
+
+
+def _bracket_depth(code: str) -> int:
+    """Return the deepest bracket nesting in `code`, counting brackets inside strings too (an over-estimate)."""
+    depth = deepest = 0
+    for char in code:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
 
 
 def _position(module: cst.Module, node: cst.CSTNode, step: Step) -> Tuple[int, int]:
@@ -154,15 +186,19 @@ def replay_steps(
     torch: Any,
     einops: Any,
     replacement: Optional[Tuple[int, str]] = None,
+    flagged_text: str = "",
 ) -> Any:
     """Evaluate the steps in order and return the last step's value.
 
     `bindings` maps source texts (the source name, each size expression) to their values, and each step's target
     is bound for the steps after it. `replacement` swaps the code of one step (by index) for another text.
-    Raises ReplayError whose message names the failing expression and its line:col in the user's file.
+    `flagged_text` is the flagged expression, which picks the branch of a conditional expression when neither
+    branch is `None`. Raises ReplayError whose message names the failing expression and its line:col in the
+    user's file.
     """
     environment = {normalise_text(text): value for text, value in bindings.items()}
     operations = TensorOps(torch, einops)
+    preferred = normalise_text(flagged_text) if flagged_text else ""
     value: Any = None
     for index, step in enumerate(steps):
         replaced = replacement is not None and replacement[0] == index
@@ -173,12 +209,13 @@ def replay_steps(
         except ReplayError as error:
             raise ReplayError(f"{error.subject} at {step.line}:{step.col}{where_suffix}", error.problem) from None
 
-        interpreter = _Interpreter(operations, environment)
+        interpreter = _Interpreter(operations, environment, preferred)
         try:
             value = interpreter.evaluate(expression)
         except ReplayError as error:
-            line, col = (step.line, step.col) if error.node is None else _position(module, error.node, step)
-            raise ReplayError(f"{error.subject} at {line}:{col}{where_suffix}", error.problem) from None
+            line, col = (step.line, step.col) if error.position is None else _position(module, error.position, step)
+            subject = f"{error.subject} at {line}:{col}{where_suffix}"
+            raise ReplayError(subject, error.problem, depends_on_sizes=error.depends_on_sizes) from None
         except RecursionError:
             raise ReplayError(
                 f"the expression at {step.line}:{step.col}{where_suffix}", "nests too deeply to replay"
@@ -192,18 +229,33 @@ def replay_steps(
 class _Interpreter:
     """Evaluates one expression tree over an environment keyed by normalised source text."""
 
-    def __init__(self, operations: TensorOps, environment: Dict[str, Any]) -> None:
+    def __init__(self, operations: TensorOps, environment: Dict[str, Any], preferred: str = "") -> None:
         self.operations = operations
         self.torch = operations.torch
         self.environment = environment
+        self.preferred = preferred
         self.evaluations = 0
+        # Leading names of bound texts such as `x.shape[0]` or `self.num_heads`. Rendering a node's text is the
+        # slowest part of a replay, so only nodes that start with one of these names are rendered and looked up.
+        self.compound_roots = {
+            match.group(0)
+            for key in environment
+            if not key.isidentifier()
+            for match in [_LEADING_NAME.match(key)]
+            if match is not None
+        }
 
     def evaluate(self, node: cst.BaseExpression) -> Any:
         self.evaluations += 1
         if self.evaluations > MAX_EVALUATIONS:
             raise ReplayError(short_text(node), f"needs more than {MAX_EVALUATIONS} evaluation steps; rejected", node)
 
-        if isinstance(node, (cst.Name, cst.Attribute, cst.Subscript, cst.Call)):
+        if isinstance(node, (cst.Name, cst.Integer)):
+            # An Integer is bound when the analyser records a literal head count (`mask.repeat(8, 1, 1)` for a
+            # layer built with 8 heads) as a size.
+            if node.value in self.environment:
+                return self.environment[node.value]
+        elif isinstance(node, (cst.Attribute, cst.Subscript, cst.Call)) and _leading_name(node) in self.compound_roots:
             key = normalise_text(_EMPTY_MODULE.code_for_node(node))
             if key in self.environment:
                 return self.environment[key]
@@ -230,10 +282,11 @@ class _Interpreter:
         )
 
     def _integer(self, node: cst.Integer) -> int:
-        return int(node.evaluated_value)
+        # Faster than libcst's evaluated_value, which calls ast.literal_eval. Base 0 reads 0x, 0o and 0b prefixes.
+        return int(node.value.replace("_", ""), 0)
 
     def _float(self, node: cst.Float) -> float:
-        return float(node.evaluated_value)
+        return float(node.value.replace("_", ""))
 
     def _string(self, node: cst.BaseString) -> str:
         value = node.evaluated_value
@@ -271,7 +324,7 @@ class _Interpreter:
             items, count = (left, right) if isinstance(left, list) else (right, left)
             if not isinstance(count, int):
                 raise ReplayError(short_text(node), "repeats a list by something that is not an integer", node)
-            self.operations.check_count(node, count * max(len(items), 1), "list length")
+            self.operations.check_count(node, count * max(len(items), 1), "a list of length")
         elif self.operations.is_tensor(left) and self.operations.is_tensor(right):
             self.operations.check_broadcast(node, left.shape, right.shape)
         return self.operations.run(node, lambda: operator(left, right))
@@ -296,6 +349,32 @@ class _Interpreter:
             self.operations.check_broadcast(node, left.shape, right.shape)
         return self.operations.run(node, lambda: operator(left, right))
 
+    def _conditional(self, node: cst.IfExp) -> Any:
+        """Follow one branch of `a if condition else b` without evaluating the condition.
+
+        A branch that is the literal `None` means "no mask", so the other branch is the one to verify. Otherwise
+        the branch that contains the flagged expression is taken.
+        """
+        branches = [node.body, node.orelse]
+        candidates = [branch for branch in branches if not (isinstance(branch, cst.Name) and branch.value == "None")]
+        if len(candidates) == 2 and self.preferred:
+            texts = [normalise_text(_EMPTY_MODULE.code_for_node(branch)) for branch in branches]
+            candidates = [branch for branch, text in zip(branches, texts) if self.preferred in text]
+            # After a fix, both branches may read the same (`a if c else b` with b replaced by a).
+            if len(candidates) == 2 and texts[0] == texts[1]:
+                candidates = candidates[:1]
+        if len(candidates) != 1:
+            problem = "is a conditional expression whose branch the replay cannot choose without running the condition"
+            raise ReplayError(short_text(node), problem, node)
+        return self.evaluate(candidates[0])
+
+    def _named(self, node: cst.NamedExpr) -> Any:
+        value = self._plain(node.value)
+        if not isinstance(node.target, cst.Name):
+            raise ReplayError(short_text(node), "assigns to something other than a name", node)
+        self.environment[node.target.value] = value
+        return value
+
     # -- containers -----------------------------------------------------------------------------------------
 
     def _sequence(self, node: Any) -> Any:
@@ -306,20 +385,26 @@ class _Interpreter:
                 items.extend(self._unpacked(element, value))
             else:
                 items.append(value)
-            self.operations.check_count(node, len(items), "display length")
+            self.operations.check_count(node, len(items), "a list or tuple of length")
         return tuple(items) if isinstance(node, cst.Tuple) else items
 
     def _comprehension(self, node: Any) -> List[Any]:
         clause = node.for_in
         if clause.inner_for_in is not None or clause.asynchronous is not None:
-            raise ReplayError(short_text(node), "has more than one plain `for` clause, which the replay does not take", node)
+            raise ReplayError(
+                short_text(node), "has more than one plain `for` clause, which the replay does not take", node
+            )
         if not isinstance(clause.target, cst.Name):
-            raise ReplayError(short_text(clause.target), "is not a single name, so the loop cannot be replayed", clause.target)
+            raise ReplayError(
+                short_text(clause.target), "is not a single name, so the loop cannot be replayed", clause.target
+            )
 
         iterable = self._plain(clause.iter)
         if not isinstance(iterable, (range, list, tuple)):
-            raise ReplayError(short_text(clause.iter), "is not range(...) or a list, so the loop cannot be replayed", clause.iter)
-        self.operations.check_count(clause.iter, len(iterable), "loop length")
+            raise ReplayError(
+                short_text(clause.iter), "is not range(...) or a list, so the loop cannot be replayed", clause.iter
+            )
+        self.operations.check_count(clause.iter, len(iterable), "a loop of length")
 
         key = clause.target.value
         saved = self.environment.get(key, _MISSING)
@@ -375,7 +460,9 @@ class _Interpreter:
 
         if isinstance(owner, (tuple, list)) or self.operations.is_size(owner):
             if len(items) != 1 or not isinstance(items[0], (int, slice)):
-                raise ReplayError(short_text(node), "indexes a list or shape with something other than one integer or slice", node)
+                raise ReplayError(
+                    short_text(node), "indexes a list or shape with something other than one integer or slice", node
+                )
             return self.operations.run(node, lambda: owner[items[0]])
         raise ReplayError(short_text(node), "indexes a value that is not a tensor, list or shape", node)
 
@@ -403,7 +490,7 @@ class _Interpreter:
             receiver = self.evaluate(node.func.value)
             method = node.func.attr.value
             if self.operations.is_tensor(receiver):
-                args, kwargs = self._arguments(node, skip_devices=method in ("to", "type"))
+                args, kwargs = self._arguments(node, cast=method in ("to", "type"))
                 return self.operations.tensor_method(node, receiver, method, args, kwargs)
             if isinstance(receiver, Namespace):
                 args, kwargs = self._arguments(node)
@@ -416,7 +503,9 @@ class _Interpreter:
             return self.operations.function(node, function.qualname, args, kwargs)
         raise ReplayError(short_text(node.func), "is not callable in the replay", node)
 
-    def _arguments(self, node: cst.Call, skip_devices: bool = False) -> Tuple[List[Any], Dict[str, Any]]:
+    def _arguments(self, node: cst.Call, cast: bool = False) -> Tuple[List[Any], Dict[str, Any]]:
+        """Evaluate a call's arguments. For a cast (`.to`, `.type`), device arguments are skipped and
+        `<unbound>.dtype` stands for the activations' dtype."""
         args: List[Any] = []
         kwargs: Dict[str, Any] = {}
         for argument in node.args:
@@ -424,16 +513,28 @@ class _Interpreter:
                 raise ReplayError(short_text(node), "passes `**` arguments, which the replay does not take", argument)
             if argument.keyword is not None:
                 if argument.keyword.value not in _IGNORED_KEYWORDS:
-                    kwargs[argument.keyword.value] = self._plain(argument.value)
+                    kwargs[argument.keyword.value] = (
+                        self._cast_argument(argument.value) if cast else self._plain(argument.value)
+                    )
                 continue
-            if skip_devices and _looks_like_device(argument.value):
+            if cast and _looks_like_device(argument.value):
                 continue
-            value = self._plain(argument.value)
+            value = self._cast_argument(argument.value) if cast else self._plain(argument.value)
             if argument.star == "*":
                 args.extend(self._unpacked(argument, value))
             else:
                 args.append(value)
         return args, kwargs
+
+    def _cast_argument(self, node: cst.BaseExpression) -> Any:
+        try:
+            return self._plain(node)
+        except ReplayError:
+            # `mask.to(x.dtype)` converts a mask to the activations' dtype; `x` has no binding, but the replayed
+            # activations are float32.
+            if isinstance(node, cst.Attribute) and node.attr.value == "dtype":
+                return self.torch.float32
+            raise
 
     def _plain(self, node: cst.BaseExpression) -> Any:
         """Evaluate a node whose value must be data (a tensor, number, string, dtype, shape or list), not a module."""
@@ -459,11 +560,30 @@ class _Interpreter:
         cst.Attribute: _attribute,
         cst.Subscript: _subscript,
         cst.Call: _call,
+        cst.IfExp: _conditional,
+        cst.NamedExpr: _named,
     }
 
 
+_LEADING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _leading_name(node: cst.BaseExpression) -> Optional[str]:
+    """Return the name an attribute, subscript or call chain starts from (`x` in `x.size(1)`), if any."""
+    while True:
+        if isinstance(node, cst.Name):
+            return node.value
+        if isinstance(node, (cst.Attribute, cst.Subscript)):
+            node = node.value
+        elif isinstance(node, cst.Call):
+            node = node.func
+        else:
+            return None
+
+
 def _looks_like_device(node: cst.BaseExpression) -> bool:
-    """Whether an argument of `.to(...)` names a device (`x.device`, `device`, "cuda"), which the replay skips."""
+    """Return whether an argument of `.to(...)` names a device (`x.device`, `device`, "cuda"), which the replay
+    skips."""
     if isinstance(node, cst.SimpleString):
         text = node.evaluated_value
         return isinstance(text, str) and re.fullmatch(r"(cpu|cuda|mps|xpu|meta)(:\d+)?", text) is not None

@@ -1,15 +1,16 @@
 """The tensor operations the replay may run, each with a size check before torch allocates anything.
 
-The allow-list is the set of layout operations the static analyser models: expansion (repeat, tile, expand,
-broadcast_to, repeat_interleave, index_select, cat, stack, einops.repeat), reshaping (view, reshape, flatten,
-unflatten, squeeze, unsqueeze, transpose, permute, einops.rearrange), and operations that keep the layout
-(casts, `.to`, `.type`, masked_fill, detach, clone, contiguous). torch itself validates the arguments and its errors
+The allow-list is the set of layout operations the static analyser models. Expansion: repeat, tile, expand,
+broadcast_to, repeat_interleave, index_select, cat, stack, einops.repeat. Reshaping: view, reshape, flatten,
+unflatten, squeeze, unsqueeze, transpose, permute, einops.rearrange. Operations that keep the layout: casts, `.to`,
+`.type`, masked_fill, detach, clone, contiguous. torch itself validates the arguments and its errors
 become ReplayError, so a chain that would crash at run time is reported with torch's own message.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import libcst as cst
@@ -27,16 +28,41 @@ _CAST_METHODS = frozenset({"bool", "float", "half", "double", "long", "int", "by
 # Tensor methods that keep the element count and only reinterpret, cast or copy. torch validates their arguments.
 _PLAIN_METHODS = frozenset(
     {
-        "unsqueeze", "squeeze", "view", "reshape", "flatten", "unflatten", "transpose", "permute",
-        "contiguous", "detach", "clone", "logical_not", "size", "dim",
+        "unsqueeze",
+        "squeeze",
+        "view",
+        "reshape",
+        "flatten",
+        "unflatten",
+        "transpose",
+        "permute",
+        "contiguous",
+        "detach",
+        "clone",
+        "logical_not",
+        "size",
+        "dim",
     }
 )
 
 # `torch.<name>(tensor, ...)` forms that behave as `tensor.<name>(...)`.
 _FUNCTION_FORMS = frozenset(
     {
-        "repeat_interleave", "index_select", "tile", "broadcast_to", "unsqueeze", "squeeze", "reshape",
-        "flatten", "unflatten", "transpose", "permute", "masked_fill", "clone", "detach", "logical_not",
+        "repeat_interleave",
+        "index_select",
+        "tile",
+        "broadcast_to",
+        "unsqueeze",
+        "squeeze",
+        "reshape",
+        "flatten",
+        "unflatten",
+        "transpose",
+        "permute",
+        "masked_fill",
+        "clone",
+        "detach",
+        "logical_not",
     }
 )
 
@@ -49,19 +75,53 @@ class ReplayError(Exception):
     puts after the subject.
     """
 
-    def __init__(self, subject: str, problem: str, node: Optional[cst.CSTNode] = None) -> None:
+    def __init__(
+        self,
+        subject: str,
+        problem: str,
+        node: Optional[cst.CSTNode] = None,
+        position: Optional[cst.CSTNode] = None,
+        depends_on_sizes: bool = False,
+    ) -> None:
         super().__init__(f"{subject} {problem}")
         self.subject = subject
         self.problem = problem
         self.node = node
+        # True for errors that the synthetic sizes could change (torch's own errors, the size limit), so the
+        # message should name the configuration.
+        self.depends_on_sizes = depends_on_sizes
+        # The node whose start is reported. For a call such as `m.view(...)` that is the method name, so the
+        # position points at `view` and not at the start of the receiver chain.
+        if position is None and isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+            position = node.func.attr
+        self.position = position if position is not None else node
 
 
 def short_text(node: cst.CSTNode, limit: int = 60) -> str:
     """Return the node's source text on one line, cut to `limit` characters, in backquotes."""
-    text = " ".join(_EMPTY_MODULE.code_for_node(node).split())
+    text = _EMPTY_MODULE.code_for_node(node)
+    if "#" in text:
+        text = re.sub(r"#[^\n]*", "", text)
+    text = " ".join(text.split())
+    # The outermost node of a step carries the parentheses that the parser wrapped around the step's text.
+    if text.startswith("(") and text.endswith(")") and outer_parentheses_match(text):
+        text = text[1:-1].strip()
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"`{text}`"
+
+
+def outer_parentheses_match(text: str) -> bool:
+    """Return whether the "(" that starts `text` is closed by the ")" that ends it."""
+    depth = 0
+    for index, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0 and index != len(text) - 1:
+                return False
+    return depth == 0
 
 
 class TensorOps:
@@ -87,7 +147,9 @@ class TensorOps:
             raise
         except Exception as error:  # torch, einops and Python raise many types for invalid arguments
             lines = str(error).strip().splitlines()
-            raise ReplayError(short_text(node), f"raised {type(error).__name__}: {lines[0] if lines else ''}", node) from None
+            message = lines[0].rstrip(".") if lines else ""
+            problem = f"raised {type(error).__name__}: {message}"
+            raise ReplayError(short_text(node), problem, node, depends_on_sizes=True) from None
 
     # -- tensor methods -------------------------------------------------------------------------------------
 
@@ -97,7 +159,9 @@ class TensorOps:
             check(self, node, tensor, args, kwargs)
         elif method in _CAST_METHODS:
             if args or kwargs:
-                raise ReplayError(short_text(node), f"passes arguments to `.{method}()`, which the replay does not take", node)
+                raise ReplayError(
+                    short_text(node), f"passes arguments to `.{method}()`, which the replay does not take", node
+                )
         elif method in ("to", "type"):
             self._check_cast_arguments(node, method, args, kwargs)
         elif method not in _PLAIN_METHODS:
@@ -110,7 +174,9 @@ class TensorOps:
                 continue
             if method == "type" and isinstance(value, str):
                 continue
-            raise ReplayError(short_text(node), f"passes `{value!r}` to `.{method}(...)`; the replay takes a dtype or a tensor", node)
+            raise ReplayError(
+                short_text(node), f"passes `{value!r}` to `.{method}(...)`; the replay takes a dtype or a tensor", node
+            )
 
     # -- functions ------------------------------------------------------------------------------------------
 
@@ -124,7 +190,7 @@ class TensorOps:
                 raise ReplayError(short_text(node), "passes float() something other than one number or string", node)
             return self.run(node, lambda: float(args[0]))
 
-        name = qualname[len("torch."):] if qualname.startswith("torch.") else ""
+        name = qualname[len("torch.") :] if qualname.startswith("torch.") else ""
         if name in ("cat", "concat", "concatenate", "stack"):
             return self._join(node, name, args, kwargs)
         if name == "arange":
@@ -158,11 +224,13 @@ class TensorOps:
         for axis, length in kwargs.items():
             if not isinstance(length, int) or isinstance(length, bool):
                 raise ReplayError(short_text(node), f"gives axis `{axis}` a length that is not an integer", node)
-            self.check_count(node, length, f"axis length {axis}")
+            self.check_count(node, length, f"axis {axis} of length")
             growth *= max(length, 1)
         if qualname == "einops.repeat":
             # An upper bound: axis lengths that only split an existing axis count as growth here too.
-            self.check_count(node, sum(tensor.numel() for tensor in tensors) * growth, "element count", MAX_ELEMENTS)
+            self.check_count(
+                node, sum(tensor.numel() for tensor in tensors) * growth, "a tensor of", MAX_ELEMENTS, "elements"
+            )
         function = getattr(self.einops, qualname.split(".")[1])
         return self.run(node, lambda: function(args[0], args[1], **kwargs))
 
@@ -170,14 +238,14 @@ class TensorOps:
         if kwargs or not 1 <= len(args) <= 3 or not all(isinstance(value, int) for value in args):
             raise ReplayError(short_text(node), "passes range() something other than one to three integers", node)
         result = self.run(node, lambda: range(*args))
-        self.check_count(node, len(result), "range length")
+        self.check_count(node, len(result), "a range of length")
         return result
 
     def _join(self, node: cst.Call, name: str, args: List[Any], kwargs: Dict[str, Any]) -> Any:
         tensors = args[0] if args else kwargs.get("tensors")
         if not isinstance(tensors, (list, tuple)) or not all(self.is_tensor(tensor) for tensor in tensors):
             raise ReplayError(short_text(node), "does not pass a list or tuple of tensors", node)
-        self.check_count(node, sum(tensor.numel() for tensor in tensors), "element count", MAX_ELEMENTS)
+        self.check_count(node, sum(tensor.numel() for tensor in tensors), "a tensor of", MAX_ELEMENTS, "elements")
         function = getattr(self.torch, name, None)
         if function is None:
             raise ReplayError(short_text(node), f"calls `torch.{name}`, which this torch version does not have", node)
@@ -190,7 +258,7 @@ class TensorOps:
         start, end, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) == 3 else 1)
         if step == 0:
             raise ReplayError(short_text(node), "has an arange step of zero", node)
-        self.check_count(node, max(0, math.ceil((end - start) / step)), "arange length")
+        self.check_count(node, max(0, math.ceil((end - start) / step)), "an arange of length")
         return self.run(node, lambda: self.torch.arange(*args, **kwargs))
 
     # -- size checks for the operations that can grow a tensor ---------------------------------------------
@@ -233,22 +301,22 @@ class TensorOps:
             flat = repeats.reshape(-1)
             new_length = length * int(flat[0]) if flat.numel() == 1 else int(flat.sum())
         elif isinstance(repeats, int) and not isinstance(repeats, bool):
-            self.check_count(node, repeats, "repeat count")
+            self.check_count(node, repeats, "a repeat count of")
             new_length = length * repeats
         else:
             raise ReplayError(short_text(node), "passes repeats that are not an integer or an integer tensor", node)
-        self.check_count(node, new_length * max(others, 1), "element count", MAX_ELEMENTS)
+        self.check_count(node, new_length * max(others, 1), "a tensor of", MAX_ELEMENTS, "elements")
 
     def _check_index_select(self, node: cst.Call, tensor: Any, args: List[Any], kwargs: Dict[str, Any]) -> None:
         dim = args[0] if args else kwargs.get("dim")
         index = args[1] if len(args) > 1 else kwargs.get("index")
         if not self.is_tensor(index):
             raise ReplayError(short_text(node), "does not pass index_select an index tensor", node)
-        self.check_count(node, index.numel(), "index length")
+        self.check_count(node, index.numel(), "an index of length")
         others = 1
         if isinstance(dim, int) and -tensor.dim() <= dim < tensor.dim() and tensor.shape[dim]:
             others = tensor.numel() // tensor.shape[dim]
-        self.check_count(node, index.numel() * others, "element count", MAX_ELEMENTS)
+        self.check_count(node, index.numel() * others, "a tensor of", MAX_ELEMENTS, "elements")
 
     def _check_masked_fill(self, node: cst.Call, tensor: Any, args: List[Any], kwargs: Dict[str, Any]) -> None:
         mask = args[0] if args else kwargs.get("mask")
@@ -283,7 +351,7 @@ class TensorOps:
         remaining = 1
         for size in tensor.shape[consumed:]:
             remaining *= size
-        self.check_count(node, index_elements * remaining, "element count", MAX_ELEMENTS)
+        self.check_count(node, index_elements * remaining, "a tensor of", MAX_ELEMENTS, "elements")
 
     def check_broadcast(self, node: cst.CSTNode, left: Sequence[int], right: Sequence[int]) -> None:
         shape = self.run(node, lambda: self.torch.broadcast_shapes(tuple(left), tuple(right)))
@@ -292,13 +360,17 @@ class TensorOps:
     def check_shape(self, node: cst.CSTNode, shape: Sequence[int]) -> None:
         total = 1
         for size in shape:
-            self.check_count(node, size, "dimension size")
+            self.check_count(node, size, "a dimension of size")
             total *= max(size, 1)
-        self.check_count(node, total, "element count", MAX_ELEMENTS)
+        self.check_count(node, total, "a tensor of", MAX_ELEMENTS, "elements")
 
-    def check_count(self, node: cst.CSTNode, count: int, what: str, limit: int = MAX_DIM_SIZE) -> None:
+    def check_count(self, node: cst.CSTNode, count: int, what: str, limit: int = MAX_DIM_SIZE, unit: str = "") -> None:
+        """Raise ReplayError when `count` exceeds `limit`. `what` reads before the number ("a dimension of size"),
+        `unit` after it ("elements")."""
         if count > limit:
-            raise ReplayError(short_text(node), f"needs a {what} of {count}, over the replay limit of {limit}; rejected", node)
+            counted = f"{count} {unit}".strip()
+            problem = f"asks for {what} {counted}, over the replay limit of {limit}; rejected"
+            raise ReplayError(short_text(node), problem, node, depends_on_sizes=True)
 
     def _size_list(self, node: cst.CSTNode, args: List[Any]) -> List[int]:
         if len(args) == 1 and (isinstance(args[0], (tuple, list)) or self.is_size(args[0])):

@@ -16,7 +16,10 @@ class VerifierUnavailable(Exception):
     """torch cannot be imported, so no finding can be replayed. The message is one line with the install command."""
 
     def __init__(self, detail: str = "") -> None:
-        message = f"--verify needs torch, which could not be imported{detail}; install it with: {INSTALL_COMMAND}"
+        message = (
+            f"the runtime verifier (--verify) needs torch, which could not be imported{detail}; "
+            f"install it with: {INSTALL_COMMAND}"
+        )
         super().__init__(message)
 
 
@@ -24,9 +27,9 @@ class VerifierUnavailable(Exception):
 class Verdict:
     """What replaying one finding's mask construction with real tensors showed.
 
-    `status` is "confirmed" (a slot of the mask holds another example's or head's content and the attention outputs
-    differ from each example run alone), "benign" (no wrong slot order that changes the outputs) or "inconclusive"
-    (the chain could not be replayed; `reason` names the operation or name and its line:col).
+    `status` is "confirmed" when a slot of the mask contains another example's or head's content and the attention
+    outputs differ from each example run alone. It is "benign" when no wrong slot order changes the outputs, and
+    "inconclusive" when the chain could not be replayed (`reason` names the operation or name and its line:col).
     `max_error` is the largest absolute output difference against the per-example runs over all configurations,
     or None when no consumer ran. `slot_map` lists the slots that received foreign content (confirmed only).
     `fix_verified` is True when the finding's replacement, replayed the same way, matches the per-example runs in
