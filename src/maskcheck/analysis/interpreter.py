@@ -59,6 +59,10 @@ from maskcheck.analysis.values import (
     Value,
 )
 
+# Distinct argument tuples one function is interpreted with; calls past this return an unknown value. A bound
+# on the work per function keeps modules with many small helpers calling each other linear in practice.
+MAX_VARIANTS_PER_FUNCTION = 12
+
 # Alternatives kept per name; past this the oldest are dropped (a bound, so loops and long if-chains stay fast).
 MAX_ALTERNATIVES = 8
 
@@ -87,6 +91,8 @@ _CONSTRUCTORS = frozenset(
     }
 )
 
+_CALLS_FIRST_ARGUMENT = frozenset({"torch.utils.checkpoint.checkpoint", "torch.utils.checkpoint.checkpoint_sequential"})
+
 _IDENTITY_WRAPPERS = frozenset({"torch.nn.Parameter", "torch.nn.parameter.Parameter", "copy.deepcopy"})
 
 
@@ -105,8 +111,18 @@ class Instance:
 
     context: ModuleContext = field(compare=False, hash=False)
     class_def: cst.ClassDef
-    # What the constructor was called with, so layers passed in (`PreNorm(dim, Attention(...))`) are known.
+    # The layers and functions the constructor was called with (`PreNorm(dim, Attention(...))`); other
+    # arguments are left out, so instances built with different tensors share one analysis.
     arguments: Optional["BoundArguments"] = None
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Instances are dictionary keys on every attribute access; hashing their nested arguments each time
+        # dominated the run time on large modules.
+        object.__setattr__(self, "_hash", hash((id(self.class_def), self.arguments)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,21 @@ class BoundMethod:
 
 
 @dataclass(frozen=True)
+class SuperRef:
+    """`super()` inside a method: attribute lookup starts at the project base classes."""
+
+    instance: Instance
+
+
+@dataclass(frozen=True)
+class ClassMethod:
+    """A classmethod looked up on a project class; calling it binds `cls` to that class."""
+
+    owner: ClassRef
+    function: cst.FunctionDef
+
+
+@dataclass(frozen=True)
 class DictLookup:
     """`d.get` or `d.pop` of a dict whose entries are known."""
 
@@ -146,6 +177,20 @@ class BoundArguments:
 
     positional: Tuple[Alternatives, ...]
     keywords: Tuple[Tuple[str, Alternatives], ...]
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.positional, self.keywords)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def structural_only(self) -> "BoundArguments":
+        """Keep layers, instances and functions; drop tensors and other values."""
+        return BoundArguments(
+            tuple(_structural(a) for a in self.positional),
+            tuple((name, _structural(a)) for name, a in self.keywords),
+        )
 
 
 @dataclass(frozen=True)
@@ -249,6 +294,9 @@ class ModuleInterpreter:
         self._module_scopes: Dict[int, Scope] = {}
         self._class_attributes: Dict[tuple, Dict[str, Alternatives]] = {}
         self._summaries: Dict[tuple, Alternatives] = {}
+        self._variants: Dict[int, int] = {}
+        self._bases: Dict[int, List[Instance]] = {}
+        self._methods: Dict[Tuple[int, str], Optional[cst.FunctionDef]] = {}
         self._call_stack: List[cst.FunctionDef] = []
         self._returns: List[List[Alternatives]] = []
 
@@ -320,7 +368,11 @@ class ModuleInterpreter:
         return attributes
 
     def _base_instances(self, instance: "Instance") -> List["Instance"]:
-        bases = []
+        cached = self._bases.get(id(instance.class_def))
+        if cached is not None:
+            return cached
+        bases: List[Instance] = []
+        self._bases[id(instance.class_def)] = bases
         for base in instance.class_def.bases:
             for value in self.evaluate(base.value, self._module_scope(instance.context)):
                 if isinstance(value, ClassRef):
@@ -338,16 +390,27 @@ class ModuleInterpreter:
         return methods
 
     def find_method(self, instance: "Instance", name: str) -> Optional["BoundMethod"]:
+        key = (id(instance.class_def), name)
+        if key not in self._methods:
+            found = self._find_method(instance, name)
+            self._methods[key] = found.function if found is not None else None
+        function = self._methods[key]
+        return BoundMethod(instance, function) if function is not None else None
+
+    def _find_method(self, instance: "Instance", name: str) -> Optional["BoundMethod"]:
         for method in _methods_of(instance.class_def):
             if method.name.value == name:
                 return BoundMethod(instance, method)
         for base in self._base_instances(instance):
-            found = self.find_method(base, name)
+            found = self._find_method(base, name)
             if found is not None:
                 return BoundMethod(instance, found.function)
         return None
 
     def _run_function(self, function: cst.FunctionDef, outer: Scope, instance: Optional["Instance"]) -> None:
+        if not self._call_stack:
+            # Each top-level function gets its own budget of specialised calls.
+            self._variants.clear()
         scope = Scope(parent=outer, context=outer.context, instance=instance)
         self._bind_parameters(function, scope, instance)
         self._run_body(function, scope)
@@ -407,6 +470,11 @@ class ModuleInterpreter:
         key = (id(function), instance, arguments, self._reporting)
         if key in self._summaries:
             return self._summaries[key]
+        variants = self._variants.get(id(function), 0)
+        if variants >= MAX_VARIANTS_PER_FUNCTION:
+            # A function called with many different argument values: stop specialising it.
+            return unknown_result
+        self._variants[id(function)] = variants + 1
         self._summaries[key] = unknown_result
 
         scope = Scope(parent=self._module_scope(context), context=context, instance=instance)
@@ -604,7 +672,7 @@ class ModuleInterpreter:
         if not added:
             return
         grown = tuple(
-            replace(v, members=v.members + tuple(added)) if isinstance(v, Layer) and v.kind in CONTAINERS else v
+            replace(v, members=join(v.members, tuple(added))) if isinstance(v, Layer) and v.kind in CONTAINERS else v
             for v in self.evaluate(target, scope)
         )
         self._assign_target(target, grown, scope, target)
@@ -808,6 +876,24 @@ class ModuleInterpreter:
             return (BoundForward(base),)
         if isinstance(base, DictValue) and attribute in ("get", "pop"):
             return (DictLookup(base),)
+        if isinstance(base, SuperRef):
+            if attribute == "__init__":
+                # Base-class attributes are collected already; running the base constructor again adds nothing.
+                return (UNKNOWN_VALUE,)
+            for parent in self._base_instances(base.instance):
+                found = self._find_method(parent, attribute)
+                if found is not None:
+                    return (BoundMethod(base.instance, found.function),)
+            return (UNKNOWN_VALUE,)
+        if isinstance(base, ClassRef):
+            found = self._find_method(Instance(base.context, base.class_def), attribute)
+            if found is not None:
+                decorators = {dotted_name(d.decorator) for d in found.function.decorators}
+                if "classmethod" in decorators:
+                    return (ClassMethod(base, found.function),)
+                if "staticmethod" in decorators:
+                    return (FunctionRef(base.context, found.function),)
+            return (UNKNOWN_VALUE,)
         if isinstance(base, QualifiedName):
             return (QualifiedName(f"{base.name}.{attribute}"),)
         return (Tensor(None, source=label_text(node)),)
@@ -832,10 +918,16 @@ class ModuleInterpreter:
                 arguments = self._bind_call(node, scope)
                 context = callee.instance.context
                 results.extend(self.invoke(callee.function, callee.instance, context, node, arguments))
+            elif isinstance(callee, ClassMethod):
+                bound = self._bind_call(node, scope)
+                arguments = BoundArguments(((callee.owner,),) + bound.positional, bound.keywords)
+                results.extend(self.invoke(callee.function, None, callee.owner.context, node, arguments))
             elif isinstance(callee, DictLookup):
                 results.extend(self._dict_lookup(callee.entries, node, scope))
             elif isinstance(callee, ClassRef):
-                arguments = self._bind_call(node, scope)
+                arguments = self._bind_call(node, scope).structural_only()
+                if not any(arguments.positional) and not any(a for _, a in arguments.keywords):
+                    arguments = None
                 results.append(Instance(callee.context, callee.class_def, arguments))
             elif isinstance(callee, Instance):
                 results.extend(self._call_instance(callee, node, self._bind_call(node, scope)))
@@ -1155,6 +1247,10 @@ class ModuleInterpreter:
             return (UNKNOWN_VALUE,)
         if name in _IDENTITY_WRAPPERS and positional:
             return self.evaluate(positional[0], scope)
+        if name in _CALLS_FIRST_ARGUMENT and positional:
+            # checkpoint(fn, *args) calls fn(*args).
+            forwarded = node.with_changes(func=positional[0], args=node.args[1:])
+            return self._evaluate_Call(forwarded, scope)
         if name in ("torch.cat", "torch.concat", "torch.concatenate", "torch.stack"):
             return self._join_tensors(name, node, positional, keywords, scope)
         if name in ("einops.repeat", "einops.rearrange", "einops.einops.repeat", "einops.einops.rearrange"):
@@ -1192,6 +1288,8 @@ class ModuleInterpreter:
     def _call_unknown(self, node: cst.Call, scope: Scope) -> Alternatives:
         if dotted_name(node.func) == "dict":
             return self._dict_call(node, scope)
+        if dotted_name(node.func) == "super" and scope.instance is not None:
+            return (SuperRef(scope.instance),)
         self._evaluate_arguments(node, scope)
         self._check_wrapper(node, scope, compact_text(node.func))
         return (Tensor(None, source=label_text(node)),)
@@ -1281,7 +1379,8 @@ class ModuleInterpreter:
         members: List[Value] = []
         for arg in node.args:
             members.extend(_layers_in(self.evaluate(arg.value, scope)))
-        return Layer(kind, members=tuple(members))
+        # Identical members (a comprehension of one block class) collapse: their analysis is the same.
+        return Layer(kind, members=join(tuple(members)))
 
     def _subscript_of(self, base: Value, node: cst.Subscript, scope: Scope) -> Alternatives:
         if isinstance(base, Tensor):
@@ -1590,7 +1689,7 @@ def _loop_elements(values: Alternatives) -> Alternatives:
         elif isinstance(value, SequenceValue):
             for item in value.items:
                 elements.extend(item)
-    return tuple(elements) or (UNKNOWN_VALUE,)
+    return join(tuple(elements)) or (UNKNOWN_VALUE,)
 
 
 def _shape_of(node: cst.BaseExpression) -> Tuple[Optional[str], bool]:
@@ -1685,6 +1784,10 @@ def _is_dtype(node: cst.BaseExpression, context: Optional[ModuleContext]) -> boo
 
 def _looks_scalar(node: cst.BaseExpression) -> bool:
     return isinstance(node, (cst.Integer, cst.Name, cst.Attribute, cst.BinaryOperation, cst.UnaryOperation))
+
+
+def _structural(values: Alternatives) -> Alternatives:
+    return tuple(v for v in values if isinstance(v, (Layer, Instance, FunctionRef, ClassRef, BoundMethod)))
 
 
 def _methods_of(class_def: cst.ClassDef) -> List[cst.FunctionDef]:
