@@ -10,6 +10,7 @@ raises or warns. The same order is wrong the other way round for per-head data: 
 
 from __future__ import annotations
 
+import ast
 from typing import FrozenSet, List, Optional, Tuple
 
 import libcst as cst
@@ -50,10 +51,12 @@ class _HeadCounts:
         self.names = names
 
     def evidence(self, texts: FrozenSet[str]) -> Optional[str]:
-        for text in sorted(texts, key=len):
+        # Names read better than the literal a name was bound to (`num_heads` rather than `2`).
+        ordered = sorted(texts, key=lambda text: (text.isdigit(), len(text)))
+        for text in ordered:
             if _without_self(text) in self.consumer_counts:
                 return f"`{text}` is the head count the layer was built with"
-        for text in sorted(texts, key=len):
+        for text in ordered:
             if text.rsplit(".", 1)[-1] in self.names:
                 return f"`{text}` names the head count"
         return None
@@ -91,7 +94,7 @@ def _check_scrambled(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
             head_text = _head_text(axis, heads, node)
             root = _root_receiver(node)
             replacement = f"{root}.repeat_interleave({head_text}, dim=0)" if root and head_text else None
-            fix = f"use `{replacement}`" if replacement else "repeat along axis 0 with `repeat_interleave`"
+            fix = f"use `{_one_line(replacement)}`" if replacement else "repeat along axis 0 with `repeat_interleave`"
             message = (
                 f"`{expression}` moves the head copies into the query or key axis of the mask, so every slot gets "
                 f"rows of the wrong mask; {fix} instead"
@@ -175,7 +178,7 @@ def _message(use: MaskUse, node, head: Factor, batch: Factor, replacement: Optio
     else:
         received = "example 1's mask"
     consumer = _consumer_phrase(use)
-    fix = f"use `{replacement}`" if replacement else "make the batch the outer factor of axis 0"
+    fix = f"use `{_one_line(replacement)}`" if replacement else "make the batch the outer factor of axis 0"
     text = (
         f"`{expression}` lays out the (N*num_heads, L, S) mask head-major, but {consumer} reads slot "
         f"b*num_heads + h as example b, head h, so slot 1 (example 0, head 1) gets {received}; {fix} instead"
@@ -191,6 +194,17 @@ def _consumer_phrase(use: MaskUse) -> str:
         return f"`{consumer.callee}` takes `attn_mask` (not a known attention layer, so this is less certain) and"
     short = consumer.kind.replace("torch.nn.functional.", "F.").replace("torch.nn.", "nn.")
     return f"{short} (`{consumer.callee}`, argument `{consumer.argument}`)"
+
+
+def _one_line(code: str) -> str:
+    """Return code on one line for a message: a multi-line replacement keeps its comments, which would swallow
+    the rest of the line if the lines were only joined."""
+    if "\n" not in code:
+        return code
+    try:
+        return ast.unparse(ast.parse(code.strip(), mode="eval"))
+    except SyntaxError:
+        return " ".join(line.split("#")[0].strip() for line in code.splitlines())
 
 
 def _quote(node: cst.CSTNode) -> str:

@@ -1,0 +1,79 @@
+"""flake8 adapter: runs the maskcheck engine on the lines flake8 has read and reports its findings.
+
+flake8 applies `--select`, `--ignore`, `--extend-ignore`, `# noqa` and `# flake8: noqa` to what this plugin yields,
+so the plugin does none of that itself. This module imports neither flake8 nor torch at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterator, List, Sequence, Tuple
+
+from maskcheck import __version__
+from maskcheck.cli import parse_head_count_names, single_line
+from maskcheck.engine import check_source
+from maskcheck.findings import SourceError
+from maskcheck.settings import Settings
+
+# Reported once, at line 1, when flake8 could parse the file but the engine raised SourceError, for example for
+# nesting past the engine's depth limit. Without it such a file would pass unchecked and unreported.
+UNANALYSABLE_CODE = "MSK001"
+
+HEAD_COUNT_NAMES_OPTION = "--maskcheck-head-count-names"
+
+
+class MaskcheckPlugin:
+    """flake8 checker for the `MSK` codes.
+
+    flake8 picks the plugin kind from the constructor's parameters and supports only tree, logical-line and
+    physical-line plugins. So the constructor accepts `tree` but does not use it, because the engine parses the
+    joined `lines` with libcst.
+    """
+
+    name = "maskcheck"
+    version = __version__
+
+    # Set by `parse_options` once per flake8 process, including each worker process of `--jobs`.
+    settings = Settings()
+
+    def __init__(self, tree: Any, lines: List[str], filename: str) -> None:
+        self.lines = lines
+        self.filename = filename
+
+    @classmethod
+    def add_options(cls, parser: Any) -> None:
+        """Register `--maskcheck-head-count-names` on flake8's option manager (also read from flake8 config)."""
+        parser.add_option(
+            HEAD_COUNT_NAMES_OPTION,
+            default="",
+            parse_from_config=True,
+            comma_separated_list=True,
+            help="comma-separated names that also mean the number of attention heads, "
+            "alone or at the end of an attribute chain (for example: n_attn_heads,groups)",
+        )
+
+    @classmethod
+    def parse_options(cls, options: argparse.Namespace) -> None:
+        """Build the engine settings from flake8's parsed options; invalid names stop flake8 with a message."""
+        raw = options.maskcheck_head_count_names
+        values: Sequence[str] = [raw] if isinstance(raw, str) else list(raw or [])
+        try:
+            names = parse_head_count_names(values)
+        except ValueError as error:
+            # flake8 prints an ExecutionError's message without a traceback and exits with status 1.
+            from flake8.exceptions import ExecutionError
+
+            raise ExecutionError(f"{HEAD_COUNT_NAMES_OPTION}: {error}") from None
+        cls.settings = Settings(extra_head_count_names=names)
+
+    def run(self) -> Iterator[Tuple[int, int, str, type]]:
+        """Yield `(line, column, "CODE message", type)` with flake8's 0-based column."""
+        source = "".join(self.lines)
+        try:
+            findings = check_source(source, self.filename, self.settings)
+        except SourceError as error:
+            yield 1, 0, f"{UNANALYSABLE_CODE} maskcheck could not analyse this file: {error}", type(self)
+            return
+
+        for finding in findings:
+            yield finding.line, finding.col - 1, f"{finding.code} {single_line(finding.message)}", type(self)
