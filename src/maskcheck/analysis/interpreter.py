@@ -63,6 +63,9 @@ from maskcheck.analysis.values import (
 # on the work per function keeps modules with many small helpers calling each other linear in practice.
 MAX_VARIANTS_PER_FUNCTION = 12
 
+# Class attribute collections running inside one another before the argument-less variant is used instead.
+MAX_NESTED_COLLECTIONS = 3
+
 # Alternatives kept per name; past this the oldest are dropped (a bound, so loops and long if-chains stay fast).
 MAX_ALTERNATIVES = 8
 
@@ -74,6 +77,14 @@ _LAYOUT_KEEPING_METHODS = frozenset(
         "masked_fill_", "requires_grad_", "float_", "fill_", "zero_", "eq", "ne", "lt", "le", "gt", "ge",
         "logical_and", "logical_or", "mul", "add", "sub", "neg", "abs", "log", "exp", "sigmoid", "triu", "tril",
         "triu_", "tril_", "pin_memory", "__invert__", "where",
+    }
+)
+
+# Layout-keeping methods that return a view or work in place, so strides stay as they were.
+_VIEW_OR_IN_PLACE_METHODS = frozenset(
+    {
+        "detach", "requires_grad_", "pin_memory", "masked_fill_", "fill_", "zero_", "logical_not_", "triu_",
+        "tril_", "float_",
     }
 )
 
@@ -295,6 +306,7 @@ class ModuleInterpreter:
         self._class_attributes: Dict[tuple, Dict[str, Alternatives]] = {}
         self._summaries: Dict[tuple, Alternatives] = {}
         self._variants: Dict[int, int] = {}
+        self._collecting = 0
         self._bases: Dict[int, List[Instance]] = {}
         self._methods: Dict[Tuple[int, str], Optional[cst.FunctionDef]] = {}
         self._call_stack: List[cst.FunctionDef] = []
@@ -343,6 +355,10 @@ class ModuleInterpreter:
         attributes = self._class_attributes.get(key)
         if attributes is not None:
             return attributes
+        if instance.arguments is not None and self._collecting >= MAX_NESTED_COLLECTIONS:
+            # Building one class's attributes builds others in turn; past this depth the variant without
+            # constructor arguments stands in.
+            return self.class_attributes(Instance(instance.context, instance.class_def))
         attributes = {}
         self._class_attributes[key] = attributes
         for base in self._base_instances(instance):
@@ -354,6 +370,7 @@ class ModuleInterpreter:
         outer = self._module_scope(instance.context)
         was_reporting = self._reporting
         self._reporting = False
+        self._collecting += 1
         saved = self._memo
         for method in methods:
             self._memo = {}
@@ -364,6 +381,7 @@ class ModuleInterpreter:
             else:
                 self._run_function(method, outer, instance=instance)
         self._memo = saved
+        self._collecting -= 1
         self._reporting = was_reporting
         return attributes
 
@@ -467,7 +485,7 @@ class ModuleInterpreter:
         unknown_result = (Tensor(None, source=label_text(node)),)
         if len(self._call_stack) >= self.max_call_depth or function in self._call_stack:
             return unknown_result
-        key = (id(function), instance, arguments, self._reporting)
+        key = (id(function), instance, _layout_key(arguments), self._reporting)
         if key in self._summaries:
             return self._summaries[key]
         variants = self._variants.get(id(function), 0)
@@ -978,7 +996,7 @@ class ModuleInterpreter:
 
     def _evaluate_UnaryOperation(self, node: cst.UnaryOperation, scope: Scope) -> Alternatives:
         operand = self.evaluate(node.expression, scope)
-        return tuple(v for v in operand if isinstance(v, Tensor)) or (UNKNOWN_VALUE,)
+        return tuple(_computed(v) for v in operand if isinstance(v, Tensor)) or (UNKNOWN_VALUE,)
 
     def _evaluate_Comparison(self, node: cst.Comparison, scope: Scope) -> Alternatives:
         left = self.evaluate(node.left, scope)
@@ -987,7 +1005,7 @@ class ModuleInterpreter:
             right = self.evaluate(target.comparator, scope)
             if not tensors:
                 tensors = [v for v in right if isinstance(v, Tensor)]
-        return tuple(tensors) or (UNKNOWN_VALUE,)
+        return tuple(_computed(v) for v in tensors) or (UNKNOWN_VALUE,)
 
     def _evaluate_BooleanOperation(self, node: cst.BooleanOperation, scope: Scope) -> Alternatives:
         return join(self.evaluate(node.left, scope), self.evaluate(node.right, scope))
@@ -1197,8 +1215,10 @@ class ModuleInterpreter:
             return (ShapeOf(compact_text(method.node.value), tensor),)
         if name in ("contiguous", "clone"):
             return (tensor.with_axes(tensor.axes, contiguous=True),)
-        if name in _LAYOUT_KEEPING_METHODS:
+        if name in _VIEW_OR_IN_PLACE_METHODS:
             return (tensor,)
+        if name in _LAYOUT_KEEPING_METHODS:
+            return (_computed(tensor),)
         return (Tensor(None, source=label_text(node)),)
 
     def _evaluate_arguments(self, node: cst.Call, scope: Scope) -> None:
@@ -1634,13 +1654,22 @@ def _binary(first: Value, second: Value, operator, node) -> Value:
         return tensor_ops.matmul(first, second)
     if isinstance(first, Tensor) and isinstance(second, Tensor):
         if first.axes is None and not first.steps and first.source and second.axes is not None:
-            return second
-        return tensor_ops.broadcast(first, second)
+            return _computed(second)
+        return _computed(tensor_ops.broadcast(first, second))
     if isinstance(first, Tensor):
-        return first
+        return _computed(first)
     if isinstance(second, Tensor):
-        return second
+        return _computed(second)
     return UNKNOWN_VALUE
+
+
+def _computed(tensor: Tensor) -> Tensor:
+    """The result of an elementwise operation. torch gives it the input's strides when the input has no
+    overlapping elements (a transposed tensor stays transposed), and fresh contiguous memory otherwise (an
+    expanded tensor, whose copies share memory); measured with PyTorch 2.13 by viewing such results."""
+    if tensor.strided and tensor.axes is not None:
+        return tensor.with_axes(tensor.axes, contiguous=True)
+    return tensor
 
 
 def _same_tensor(items: Sequence[Alternatives]) -> Optional[Tensor]:
@@ -1786,8 +1815,37 @@ def _looks_scalar(node: cst.BaseExpression) -> bool:
     return isinstance(node, (cst.Integer, cst.Name, cst.Attribute, cst.BinaryOperation, cst.UnaryOperation))
 
 
+def _layout_key(arguments: "BoundArguments") -> tuple:
+    """A summary key that ignores where argument tensors came from (their steps and source names) and keeps
+    what the analysis of the callee depends on: their axes, including the calls that made each layout."""
+
+    def value_key(value: Value) -> object:
+        if isinstance(value, Tensor):
+            return ("tensor", value.axes, value.strided, value.memory_order)
+        return value
+
+    def alternatives_key(values: Alternatives) -> tuple:
+        return tuple(value_key(v) for v in values)
+
+    return (
+        tuple(alternatives_key(a) for a in arguments.positional),
+        tuple((name, alternatives_key(a)) for name, a in arguments.keywords),
+    )
+
+
 def _structural(values: Alternatives) -> Alternatives:
-    return tuple(v for v in values if isinstance(v, (Layer, Instance, FunctionRef, ClassRef, BoundMethod)))
+    """Keep the layers and functions among a constructor's arguments. Instances passed in keep only their class:
+    an instance built from an instance built from ... (`Graph(self)`) must not nest without end."""
+    kept: List[Value] = []
+    for value in values:
+        if isinstance(value, Instance):
+            kept.append(Instance(value.context, value.class_def) if value.arguments is not None else value)
+        elif isinstance(value, BoundMethod):
+            instance = value.instance
+            kept.append(BoundMethod(Instance(instance.context, instance.class_def), value.function))
+        elif isinstance(value, (Layer, FunctionRef, ClassRef)):
+            kept.append(value)
+    return tuple(kept)
 
 
 def _methods_of(class_def: cst.ClassDef) -> List[cst.FunctionDef]:
