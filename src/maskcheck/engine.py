@@ -36,10 +36,18 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     old_limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
     try:
-        module = parse_module(source)
-        findings = analyse_module(module, path, settings)
-    except RecursionError:
-        raise SourceError(TOO_DEEP) from None
+        try:
+            module = parse_module(source)
+        except RecursionError:
+            raise SourceError(TOO_DEEP) from None
+        try:
+            findings = analyse_module(module, path, settings)
+        except RecursionError:
+            # The file passed the depth check, so this is the analysis itself going too deep.
+            raise SourceError(
+                "the analysis went too deep while following calls in this file; exclude the file or lower the "
+                "call depth, and please report it"
+            ) from None
     finally:
         sys.setrecursionlimit(old_limit)
 
