@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from maskcheck.settings import DEFAULT_MAX_FILE_SIZE
+
 from conftest import BUGGY_BLOCK, BUGGY_COLUMN, BUGGY_LINE, parse_findings
 from maskcheck import cli, files
 from maskcheck.files import discover
@@ -59,8 +61,8 @@ def bad_tree(tmp_path_factory):
         (root / name).write_bytes(data)
     for name, data in GOOD_FILES.items():
         (root / name).write_bytes(data)
-    # 12 MiB, over the default 10 MiB limit: skipped, not an error.
-    (root / "huge.py").write_bytes(b"x = 1\n" * (2 * 1024 * 1024))
+    # 6 bytes per line, over the default limit: skipped, not an error.
+    (root / "huge.py").write_bytes(b"x = 1\n" * (DEFAULT_MAX_FILE_SIZE // 6 + 1))
     return root
 
 
@@ -114,8 +116,8 @@ def test_good_files_give_no_error(bad_run):
 
 
 def test_file_over_limit_reported_as_skipped(bad_run):
-    size = 12 * 1024 * 1024
-    assert f"huge.py: skipped: {size} bytes, over the 10485760-byte limit; " in bad_run.stderr
+    size = 6 * (DEFAULT_MAX_FILE_SIZE // 6 + 1)
+    assert f"huge.py: skipped: {size} bytes, over the {DEFAULT_MAX_FILE_SIZE}-byte limit; " in bad_run.stderr
 
 
 def test_bad_input_summary(bad_run):

@@ -242,6 +242,8 @@ def _matching_glob(name: str, relative: str, display: str, globs: Sequence[str])
     if not globs:
         return None
     candidates = {name, relative, display.replace(os.sep, "/")}
+    # Globs from a configuration file are made absolute, because they are relative to the file's folder.
+    candidates.add(os.path.abspath(display).replace(os.sep, "/"))
     cwd_relative = _relative_to_cwd(display)
     if cwd_relative is not None:
         candidates.add(cwd_relative.replace(os.sep, "/"))
@@ -295,6 +297,9 @@ def read_source(source: SourceFile, max_size: int, stdin: Optional[BinaryIO] = N
 
 def _read_file(path: str, max_size: int) -> bytes:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # Opening a FIFO or a device would block or never end.
+            raise ReadError("not a regular file (a pipe, socket or device); name a .py file instead")
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > max_size:
@@ -315,10 +320,21 @@ def _read_limited(handle: Optional[BinaryIO], max_size: int) -> bytes:
     # Reads one byte past the limit, so a pipe, or a file that grows after fstat, is rejected without reading it all.
     if handle is None:
         raise ReadError("standard input is closed; pipe the source into maskcheck or name the file instead")
-    data = handle.read(max_size + 1)
-    if len(data) > max_size:
-        raise FileTooLarge(len(data), max_size)
-    return data
+    # Read in chunks, so a huge limit (meant as "no limit") does not allocate a buffer of that size up front.
+    chunks = []
+    total = 0
+    while True:
+        chunk = handle.read(min(_CHUNK_SIZE, max_size + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_size:
+            raise FileTooLarge(total, max_size)
+    return b"".join(chunks)
+
+
+_CHUNK_SIZE = 1 << 20
 
 
 def decode_source(data: bytes) -> str:

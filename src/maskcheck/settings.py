@@ -22,8 +22,10 @@ DEFAULT_HEAD_COUNT_NAMES: FrozenSet[str] = frozenset(
 
 DEFAULT_MAX_CALL_DEPTH = 6
 
-# 10 MiB: far above any hand-written module; larger .py files are generated data, skipped with a message.
-DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
+# 2 MiB: above any hand-written module (torch 2.13's largest .py file is 1.4 MB); larger .py files are generated
+# data. parsing takes about 400 bytes of memory per byte of source (a 10 MB file of assignments took 4.2 GB
+# and 52 s on the 2-core test machine).
+DEFAULT_MAX_FILE_SIZE = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,12 @@ class Settings:
     """What to analyse and how. Front ends build one from options; the engine only reads it."""
 
     extra_head_count_names: FrozenSet[str] = field(default_factory=frozenset)
+    # Dotted names of callables, such as `mylib.attention.fused_attention`, whose `attn_mask` argument is read
+    # like nn.MultiheadAttention's: an (N*num_heads, L, S) mask in batch-major order. A name without a dot also
+    # matches a method or attribute of that name.
+    # NOTE: the analyser does not read this field yet; until it does, these callables are found only through the
+    # generic `attn_mask=` keyword rule.
+    extra_consumer_callables: FrozenSet[str] = field(default_factory=frozenset)
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     # How many calls into the project's own functions and layers are followed from one another.
     max_call_depth: int = DEFAULT_MAX_CALL_DEPTH

@@ -392,10 +392,33 @@ class ModuleInterpreter:
         bases: List[Instance] = []
         self._bases[id(instance.class_def)] = bases
         for base in instance.class_def.bases:
-            for value in self.evaluate(base.value, self._module_scope(instance.context)):
-                if isinstance(value, ClassRef):
-                    bases.append(Instance(value.context, value.class_def))
+            for value in self._base_values(base.value, instance):
+                # `class Block(Block)` after `from .base import Block` names the imported class, and the module
+                # scope may already bind the name to this class: a class is never its own base.
+                if isinstance(value, ClassRef) and value.class_def is not instance.class_def:
+                    if not self._inherits_from(Instance(value.context, value.class_def), instance.class_def):
+                        bases.append(Instance(value.context, value.class_def))
         return bases
+
+    def _base_values(self, node: cst.BaseExpression, instance: "Instance") -> Alternatives:
+        values = self.evaluate(node, self._module_scope(instance.context))
+        if any(isinstance(v, ClassRef) and v.class_def is instance.class_def for v in values):
+            # The class's own name shadows an imported base of the same name; the import is the base.
+            qualified = instance.context.imports.resolve(node)
+            found = self._project_object(qualified) if qualified is not None else None
+            return (found,) if found is not None else ()
+        return values
+
+    def _inherits_from(self, candidate: "Instance", class_def: cst.ClassDef, seen: Optional[set] = None) -> bool:
+        """True when `candidate` has `class_def` among its bases: adding it would make an inheritance cycle."""
+        seen = set() if seen is None else seen
+        if id(candidate.class_def) in seen:
+            return True
+        seen.add(id(candidate.class_def))
+        for base in self._bases.get(id(candidate.class_def), ()):
+            if base.class_def is class_def or self._inherits_from(base, class_def, seen):
+                return True
+        return False
 
     def _inherited_methods(self, base: "Instance", overridden: set) -> List[cst.FunctionDef]:
         methods = []
@@ -511,9 +534,10 @@ class ModuleInterpreter:
             self._memo = saved_memo
         result = join(*returned) if returned else (UNKNOWN_VALUE,)
         if context is not self.root:
-            # A value made in another module enters this one at this call; findings about it point here.
+            # A mask laid out in another module enters this one at this call; findings about it point here.
             result = tuple(
-                replace(v, entry=node) if isinstance(v, Tensor) and v.entry is None else v for v in result
+                replace(v, entry=node) if isinstance(v, Tensor) and v.entry is None and _has_merged_axis(v) else v
+                for v in result
             )
         self._summaries[key] = result
         return result
@@ -1067,6 +1091,11 @@ class ModuleInterpreter:
             self.evaluate(condition.test, inner)
         element = self.evaluate(node.elt, inner)
         tensors = [v for v in element if isinstance(v, Tensor)]
+        if tensors and is_range and not _uses_name(node.elt, loop.target):
+            # `[mask for _ in range(h)]` is `[mask] * h`.
+            count_node = loop.iter.args[-1].value if len(loop.iter.args) == 1 else None
+            if count_node is not None:
+                return (RepeatedList(tensors[0], self.size_of(count_node, scope)),)
         if tensors and is_range:
             return (LoopList(tensors[0]),)
         layers = tuple(v for v in element if isinstance(v, (Layer, Instance)))
@@ -1084,7 +1113,9 @@ class ModuleInterpreter:
         """Read an expression as an integer size: its texts, how many factors it multiplies, and its value."""
         text = dotted_name(node) or compact_text(node)
         if isinstance(node, cst.Integer):
-            value = int(node.evaluated_value)
+            value = _integer_value(node)
+            if value is None:
+                return Size(frozenset({text}))
             return Size(frozenset({text}), terms=0 if value == 1 else 1, value=value)
         if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
             if isinstance(node.expression, cst.Integer) and node.expression.value == "1":
@@ -1308,6 +1339,8 @@ class ModuleInterpreter:
     def _call_unknown(self, node: cst.Call, scope: Scope) -> Alternatives:
         if dotted_name(node.func) == "dict":
             return self._dict_call(node, scope)
+        if dotted_name(node.func) in ("tuple", "list") and len(node.args) == 1:
+            return self.evaluate(node.args[0].value, scope)
         if dotted_name(node.func) == "super" and scope.instance is not None:
             return (SuperRef(scope.instance),)
         self._evaluate_arguments(node, scope)
@@ -1364,8 +1397,11 @@ class ModuleInterpreter:
         sizes = self._sizes_from_args(args, scope)
         if not sizes:
             return Tensor(None, source=label_text(node))
+        # NOTE: a mask built by zeros/ones/full is treated as varying even if nothing is written into it later,
+        # because masks built that way are nearly always filled per example before use.
+        varying = True
         axes = tuple(
-            SINGLETON if size.value == 1 else Axis((Factor(UNKNOWN, varying=True, sizes=size.texts),))
+            SINGLETON if size.value == 1 else Axis((Factor(UNKNOWN, varying=varying, sizes=size.texts),))
             for size in sizes
         )
         return Tensor(None, source=label_text(node)).with_axes(axes, contiguous=True)
@@ -1777,9 +1813,17 @@ def _rank_from_index(tensor: Tensor, entries, consuming: int, has_ellipsis: bool
     return max(consuming, tensor_ops.default_rank(tensor))
 
 
+def _integer_value(node: cst.Integer) -> Optional[int]:
+    # Python 3.11 refuses to convert integer literals of more than 4,300 digits.
+    try:
+        return int(node.evaluated_value)
+    except (ValueError, SyntaxError):
+        return None
+
+
 def _literal_int(node: Optional[cst.BaseExpression]) -> Optional[int]:
     if isinstance(node, cst.Integer):
-        return int(node.evaluated_value)
+        return _integer_value(node)
     if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
         inner = _literal_int(node.expression)
         return None if inner is None else -inner
@@ -1813,6 +1857,22 @@ def _is_dtype(node: cst.BaseExpression, context: Optional[ModuleContext]) -> boo
 
 def _looks_scalar(node: cst.BaseExpression) -> bool:
     return isinstance(node, (cst.Integer, cst.Name, cst.Attribute, cst.BinaryOperation, cst.UnaryOperation))
+
+
+def _uses_name(node: cst.CSTNode, target: cst.BaseExpression) -> bool:
+    if not isinstance(target, cst.Name):
+        return True
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.Name) and current.value == target.value:
+            return True
+        stack.extend(current.children)
+    return False
+
+
+def _has_merged_axis(tensor: Tensor) -> bool:
+    return any(axis.merged_by is not None for axis in tensor.axes or ())
 
 
 def _layout_key(arguments: "BoundArguments") -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional
 
 import libcst as cst
@@ -27,7 +28,9 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
         for rule in RULES.values():
             for issue in rule.check(use, settings):
                 # One finding per flagged expression, even when it reaches several consumers.
-                key = (issue.code, id(issue.node))
+                # A mask built in another module is reported once per call that brings it into this one.
+                entry = issue.use.tensor.entry if issue.use is not None else None
+                key = (issue.code, id(issue.node), id(entry))
                 if key not in seen:
                     seen.add(key)
                     issues.append(issue)
@@ -74,8 +77,17 @@ def _locate(node: cst.CSTNode, project: Optional[ProjectIndex]) -> str:
         positions = MetadataWrapper(context.module, unsafe_skip_copy=True).resolve(PositionProvider)
         where = positions.get(node)
         if where is not None:
-            return f"{context.path}:{where.start.line}"
+            return f"{_display_path(context.path)}:{where.start.line}"
     return "another module"
+
+
+def _display_path(path: str) -> str:
+    """Show another module's path relative to the working directory, as finding paths are."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith("..") else relative
 
 
 def _chain(issue, positions: Dict[cst.CSTNode, CodeRange]) -> ReplayChain:

@@ -464,7 +464,7 @@ def matmul(first: Tensor, second: Tensor) -> Tensor:
     batch_axes = tuple(batch.axes)
     if first.axes[-1].is_singleton and second.axes[-2].is_singleton and len(batch_axes) == 1:
         # An outer product of (N, L, 1) and (N, 1, S): one (L, S) mask per item of the leading axis.
-        evidence = "it is built as a batched outer product of (N, L, 1) and (N, 1, S) tensors"
+        evidence = "the mask is built as a batched outer product of (N, L, 1) and (N, 1, S) tensors"
         batch_axes = (_with_role(batch_axes[0], BATCH, evidence),)
     return first.with_axes(batch_axes + (first.axes[-2], second.axes[-1]))
 

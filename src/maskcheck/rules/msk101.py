@@ -93,7 +93,8 @@ def _check_scrambled(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
             expression = _quote(node)
             head_text = _head_text(axis, heads, node)
             root = _root_receiver(node)
-            replacement = f"{root}.repeat_interleave({head_text}, dim=0)" if root and head_text else None
+            usable = root is not None and root == use.tensor.source and head_text is not None
+            replacement = f"{root}.repeat_interleave({head_text}, dim=0)" if usable else None
             fix = f"use `{_one_line(replacement)}`" if replacement else "repeat along axis 0 with `repeat_interleave`"
             message = (
                 f"`{expression}` moves the head copies into the query or key axis of the mask, so every slot gets "
@@ -114,6 +115,8 @@ def _check_head_major(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
     if outer_role == HEAD and inner_role in (BATCH, UNKNOWN):
         head, batch = outer, inner
         evidence = [outer_evidence, inner_evidence or contract]
+        if head.varying and not batch.varying:
+            evidence.insert(0, f"`{use.tensor.source}` holds one mask or bias per head on axis 0")
     elif outer_role == UNKNOWN and inner_role == BATCH:
         head, batch = outer, inner
         evidence = [inner_evidence, "the other factor must be the head count, " + contract]
@@ -241,10 +244,17 @@ def _replacement(use: MaskUse, axis: Axis, head: Factor, batch: Factor, head_tex
     elif record.kind in ("flatten", "reshape") and axis.placed_by is not None:
         rewritten = _rewrite_cause(node, axis.placed_by)
     if rewritten is None and not head.varying and head_text:
+        # Only when the chain starts at the per-example source itself: `torch.cat(copies)` starts at `torch`, and
+        # a chain that starts at an intermediate 4-D value needs another fix.
         root = _root_receiver(node)
-        if root is not None:
+        if root is not None and root == use.tensor.source and _in_first_step(use, node):
             rewritten = f"{root}.repeat_interleave({head_text}, dim=0)"
     return rewritten
+
+
+def _in_first_step(use: MaskUse, node: cst.CSTNode) -> bool:
+    steps = use.tensor.steps
+    return not steps or _contains(steps[0].node, node)
 
 
 def _call_parts(node: cst.CSTNode) -> Optional[Tuple[str, str, List[cst.Arg]]]:
