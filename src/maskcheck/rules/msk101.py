@@ -296,6 +296,12 @@ def _rewrite_cat(node: cst.CSTNode) -> Optional[str]:
     if not isinstance(node, cst.Call) or not node.args:
         return None
     first = node.args[0].value
+    if isinstance(first, (cst.ListComp, cst.GeneratorExp)) and isinstance(first.for_in.iter, cst.Call):
+        # `torch.cat([m for _ in range(h)])`
+        range_args = first.for_in.iter.args
+        if len(range_args) == 1:
+            return f"{_wrap(source_text(first.elt))}.repeat_interleave({source_text(range_args[0].value)}, dim=0)"
+        return None
     if not isinstance(first, cst.BinaryOperation):
         return None
     if isinstance(first.left, cst.List) and len(first.left.elements) == 1:
