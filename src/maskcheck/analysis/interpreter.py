@@ -80,6 +80,10 @@ _LAYOUT_KEEPING_METHODS = frozenset(
     }
 )
 
+# Methods whose result is contiguous whatever the input's strides (PyTorch 2.13, checked with is_contiguous() on a
+# transposed input). Other elementwise methods, clone() included, keep a transposed input's strides.
+_CONTIGUOUS_RESULT_METHODS = frozenset({"contiguous", "masked_fill", "triu", "tril"})
+
 # Layout-keeping methods that return a view or work in place, so strides stay as they were.
 _VIEW_OR_IN_PLACE_METHODS = frozenset(
     {
@@ -1244,7 +1248,7 @@ class ModuleInterpreter:
             if positional:
                 return (Size(frozenset({compact_text(node)})),)
             return (ShapeOf(compact_text(method.node.value), tensor),)
-        if name in ("contiguous", "clone"):
+        if name in _CONTIGUOUS_RESULT_METHODS:
             return (tensor.with_axes(tensor.axes, contiguous=True),)
         if name in _VIEW_OR_IN_PLACE_METHODS:
             return (tensor,)
