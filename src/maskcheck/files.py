@@ -297,7 +297,8 @@ def read_source(source: SourceFile, max_size: int, stdin: Optional[BinaryIO] = N
 
 def _read_file(path: str, max_size: int) -> bytes:
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
             # Opening a FIFO or a device would block or never end.
             raise ReadError("not a regular file (a pipe, socket or device); name a .py file instead")
         with open(path, "rb") as handle:

@@ -36,8 +36,8 @@ class Settings:
     # Dotted names of callables, such as `mylib.attention.fused_attention`, whose `attn_mask` argument is read
     # like nn.MultiheadAttention's: an (N*num_heads, L, S) mask in batch-major order. A name without a dot also
     # matches a method or attribute of that name.
-    # NOTE: the analyser does not read this field yet; until it does, these callables are found only through the
-    # generic `attn_mask=` keyword rule.
+    # Callables (qualified or bare names) that pass their `attn_mask` keyword to nn.MultiheadAttention; findings
+    # through them are stated without the "less certain" wording of an unrecognised wrapper.
     extra_consumer_callables: FrozenSet[str] = field(default_factory=frozenset)
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     # How many calls into the project's own functions and layers are followed from one another.

@@ -25,6 +25,8 @@ class LayerSpec:
 MULTIHEAD_ATTENTION = "torch.nn.MultiheadAttention"
 FUNCTIONAL_MHA = "torch.nn.functional.multi_head_attention_forward"
 UNKNOWN_CONSUMER = "unknown"
+# A callable named in the `consumer-callables` setting: known to pass `attn_mask` on to nn.MultiheadAttention.
+CONFIGURED_CONSUMER = "configured"
 
 LAYER_SPECS = {
     MULTIHEAD_ATTENTION: LayerSpec(("num_heads", 1), (("attn_mask", 5),)),

@@ -12,7 +12,7 @@ parameter is a value of unknown layout. Function summaries can be added in `_cal
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import libcst as cst
 
@@ -23,6 +23,7 @@ from maskcheck.analysis.consumers import (
     FUNCTIONAL_MASK_ARGUMENT,
     FUNCTIONAL_MHA,
     LAYER_SPECS,
+    CONFIGURED_CONSUMER,
     UNKNOWN_CONSUMER,
     WRAPPER_KEYWORD,
     Consumer,
@@ -297,10 +298,12 @@ class ModuleInterpreter:
         module_name: Optional[str] = None,
         project: Optional[ProjectIndex] = None,
         max_call_depth: int = DEFAULT_MAX_CALL_DEPTH,
+        consumer_callables: FrozenSet[str] = frozenset(),
     ) -> None:
         self.root = ModuleContext.build(module, module_name, path)
         self.project = project
         self.max_call_depth = max_call_depth
+        self.consumer_callables = consumer_callables
         self.uses: List[MaskUse] = []
         self._reporting = True
         # Values of the expressions of the current statement, by node identity. Arguments are read more than once
@@ -1254,6 +1257,8 @@ class ModuleInterpreter:
             return (tensor,)
         if name in _LAYOUT_KEEPING_METHODS:
             return (_computed(tensor),)
+        # An unknown object's method (`block.attend(x, attn_mask=m)`) may be a wrapper around the layer.
+        self._check_wrapper(node, scope, compact_text(node.func))
         return (Tensor(None, source=label_text(node)),)
 
     def _evaluate_arguments(self, node: cst.Call, scope: Scope) -> None:
@@ -1615,8 +1620,22 @@ class ModuleInterpreter:
         values = join(values, self._from_double_star(node, WRAPPER_KEYWORD, scope))
         if not values:
             return
-        consumer = Consumer(UNKNOWN_CONSUMER, WRAPPER_KEYWORD, frozenset(), None, callee, node)
+        kind = CONFIGURED_CONSUMER if self._is_configured_consumer(node, scope) else UNKNOWN_CONSUMER
+        consumer = Consumer(kind, WRAPPER_KEYWORD, frozenset(), None, callee, node)
         self._report(values, consumer, argument if argument is not None else node)
+
+    def _is_configured_consumer(self, node: cst.Call, scope: Scope) -> bool:
+        """A callable the user configured as taking a batch-major (N*num_heads, L, S) `attn_mask`: by its
+        qualified name through the imports, or by the last part of the called name."""
+        if not self.consumer_callables:
+            return False
+        context = scope.module_context()
+        qualified = context.imports.resolve(node.func) if context is not None else None
+        if qualified is not None and qualified in self.consumer_callables:
+            return True
+        called = dotted_name(node.func) or ""
+        last = called.rsplit(".", 1)[-1]
+        return called in self.consumer_callables or last in self.consumer_callables
 
     def _from_double_star(self, node: cst.Call, key: str, scope: Scope) -> Alternatives:
         found: Alternatives = ()

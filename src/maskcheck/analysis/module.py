@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 import libcst as cst
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
+from maskcheck.analysis.consumers import CONFIGURED_CONSUMER, UNKNOWN_CONSUMER
 from maskcheck.analysis.interpreter import MaskUse, ModuleInterpreter
 from maskcheck.analysis.names import source_text
 from maskcheck.analysis.project import ProjectIndex
@@ -20,7 +21,9 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
     from maskcheck.rules import RULES, Issue  # the rules import the analysis, so import them late
 
     project, module_name = ProjectIndex.for_file(path) if settings.follow_imports else (None, None)
-    interpreter = ModuleInterpreter(module, path, module_name, project, settings.max_call_depth)
+    interpreter = ModuleInterpreter(
+        module, path, module_name, project, settings.max_call_depth, settings.extra_consumer_callables
+    )
     uses = interpreter.run()
     issues: List[Issue] = []
     seen = set()
@@ -107,7 +110,8 @@ def _chain(issue, positions: Dict[cst.CSTNode, CodeRange]) -> ReplayChain:
         source_kind=issue.source_kind or "example",
         steps=tuple(steps),
         sizes=dict(issue.sizes),
-        consumer=use.consumer.kind,
+        # The verifier replays a wrapper, configured or not, as the nn.MultiheadAttention it passes the mask to.
+        consumer=UNKNOWN_CONSUMER if use.consumer.kind == CONFIGURED_CONSUMER else use.consumer.kind,
         batch_first=use.consumer.batch_first,
         flagged_step=flagged,
         replacement=issue.replacement,

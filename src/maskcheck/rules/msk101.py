@@ -15,7 +15,7 @@ from typing import FrozenSet, List, Optional, Tuple
 
 import libcst as cst
 
-from maskcheck.analysis.consumers import UNKNOWN_CONSUMER
+from maskcheck.analysis.consumers import CONFIGURED_CONSUMER, UNKNOWN_CONSUMER
 from maskcheck.analysis.einops_patterns import swap_group
 from maskcheck.analysis.interpreter import MaskUse
 from maskcheck.analysis.names import source_text
@@ -195,6 +195,8 @@ def _consumer_phrase(use: MaskUse) -> str:
     consumer = use.consumer
     if consumer.kind == UNKNOWN_CONSUMER:
         return f"`{consumer.callee}` takes `attn_mask` (not a known attention layer, so this is less certain) and"
+    if consumer.kind == CONFIGURED_CONSUMER:
+        return f"`{consumer.callee}` (configured as passing `attn_mask` to nn.MultiheadAttention)"
     short = consumer.kind.replace("torch.nn.functional.", "F.").replace("torch.nn.", "nn.")
     return f"{short} (`{consumer.callee}`, argument `{consumer.argument}`)"
 
