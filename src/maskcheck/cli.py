@@ -1,16 +1,26 @@
-"""The `maskcheck` command: find files, run the engine on each, apply noqa and code selection, print findings."""
+"""The `maskcheck` command: read the configuration, find files, analyse them, verify, fix, and print a report."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from maskcheck import __version__
+from maskcheck.cache import CACHE_DIR_NAME, default_cache_dir
+from maskcheck.config import (
+    ConfigError,
+    FileConfig,
+    find_pyproject,
+    is_name,
+    load_config,
+    shown_path,
+    unknown_code_problem,
+)
 from maskcheck.engine import check_source
 from maskcheck.files import (
     STDIN_PATH,
@@ -23,8 +33,21 @@ from maskcheck.files import (
     split_lines,
 )
 from maskcheck.findings import Finding, SourceError
-from maskcheck.noqa import file_is_exempt, filter_suppressed
+from maskcheck.noqa import file_is_exempt, file_is_skipped, filter_suppressed
+from maskcheck.progress import Progress
+from maskcheck.report import (
+    FORMAT_NAMES,
+    STATISTICS_FORMATS,
+    FixState,
+    PathProblem,
+    RenderOptions,
+    Report,
+    ReportedFinding,
+    render,
+    single_line,
+)
 from maskcheck.rules import KNOWN_CODES
+from maskcheck.runner import check_paths, parse_jobs
 from maskcheck.settings import DEFAULT_MAX_FILE_SIZE, Settings
 
 LOG = logging.getLogger("maskcheck")
@@ -44,6 +67,11 @@ which files are checked:
   line is always checked, whatever its name or extension, unless
   --force-exclude is given. Use - to read standard input.
 
+configuration:
+  Settings are read from [tool.maskcheck] in the nearest pyproject.toml that
+  has that table, at or above the first PATH, or from the file given with
+  --config. Command-line options override the file.
+
 files over the size limit:
   A file larger than --max-file-size (default {DEFAULT_MAX_FILE_SIZE} bytes) is skipped with a
   message on standard error. A skipped file does not change the exit status,
@@ -53,13 +81,21 @@ noqa:
   "# noqa" and "# noqa: MSK101" suppress findings as flake8 7 does: on the
   finding's line, or on any line of the same backslash continuation or
   multi-line string. Inside brackets only the finding's own line counts. A
-  line "# flake8: noqa" skips the whole file. --disable-noqa turns both off.
+  line "# flake8: noqa" or "# maskcheck: skip-file" skips the whole file.
+  --disable-noqa turns all of them off.
+
+fixes:
+  --fix applies a fix only when, in this run, the runtime verifier confirmed
+  the finding and verified the replacement (it needs torch). --unsafe-fixes
+  applies the others too. --diff prints what --fix would change and writes
+  nothing.
 
 exit status:
-  0  no findings
-  1  findings were printed
-  2  usage error, or a file or directory could not be read or analysed
-     (each one is listed on standard error; the other files are still checked)
+  0  no findings (or --exit-zero, or only findings the verifier found benign
+     without --strict)
+  1  findings were printed (with --diff: a fix would change a file)
+  2  usage or configuration error, a file or directory could not be read or
+     analysed, a fix was rolled back, or --verify without torch
 """
 
 
@@ -70,29 +106,67 @@ def known_codes() -> Tuple[str, ...]:
 
 def parse_head_count_names(values: Sequence[str]) -> FrozenSet[str]:
     """Parse comma-separated identifiers; raise ValueError naming the first one that is not an identifier."""
+    return _parse_names(values, dotted=False)
+
+
+def parse_consumer_callables(values: Sequence[str]) -> FrozenSet[str]:
+    """Parse comma-separated dotted names; raise ValueError naming the first one that is not a dotted name."""
+    return _parse_names(values, dotted=True)
+
+
+def _parse_names(values: Sequence[str], dotted: bool) -> FrozenSet[str]:
     names = set()
     for value in values:
         for name in value.split(","):
             name = name.strip()
             if not name:
                 continue
-            if not name.isidentifier():
-                raise ValueError(f"{name!r} is not a Python identifier; give names separated by commas")
+            if not is_name(name, dotted):
+                kind = "a dotted name such as mylib.attention.fused_attention" if dotted else "a Python identifier"
+                raise ValueError(f"{name!r} is not {kind}; give names separated by commas")
             names.add(name)
     return frozenset(names)
 
 
 @dataclass(frozen=True)
 class CodeFilter:
-    """--select and --ignore as flake8 combines them: the longest matching prefix decides, and a tie ignores."""
+    """--select and --ignore as flake8 combines them: the longest matching prefix decides, and a tie ignores.
+
+    `per_file_ignores` pairs a glob with codes that are ignored in the files it matches, even when `select` matches
+    them.
+    A glob is matched with the file's path relative to `base` (the configuration file's folder) and, when it has no
+    `/`, with the file name too.
+    """
 
     select: Tuple[str, ...] = ()
     ignore: Tuple[str, ...] = ()
+    per_file_ignores: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    base: str = "."
 
-    def allows(self, code: str) -> bool:
+    def allows(self, code: str, path: Optional[str] = None) -> bool:
         selected = self._longest_match(code, self.select) if self.select else 0
         ignored = self._longest_match(code, self.ignore)
-        return selected > ignored
+        if selected <= ignored:
+            return False
+        if path is not None and self.per_file_ignores:
+            return not any(code.startswith(prefix) for prefix in self.ignored_in(path))
+        return True
+
+    def ignored_in(self, path: str) -> Tuple[str, ...]:
+        import fnmatch
+
+        if path == STDIN_PATH:
+            return ()
+        relative = os.path.relpath(os.path.abspath(path), self.base).replace(os.sep, "/")
+        name = os.path.basename(path)
+        codes: List[str] = []
+        for glob, listed in self.per_file_ignores:
+            glob = glob.replace(os.sep, "/")
+            if glob.startswith("./"):
+                glob = glob[2:]
+            if fnmatch.fnmatchcase(relative, glob) or ("/" not in glob and fnmatch.fnmatchcase(name, glob)):
+                codes.extend(listed)
+        return tuple(codes)
 
     @staticmethod
     def _longest_match(code: str, prefixes: Sequence[str]) -> int:
@@ -106,6 +180,12 @@ class FileOutcome:
     error: Optional[str] = None
     skip_notice: Optional[str] = None
     skipped: bool = False
+    # The text the analysis read (newlines as `\n`), kept for files with findings: fixes and excerpts need it.
+    text: Optional[str] = None
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_file_options(parser.add_argument_group("files"))
     _add_rule_options(parser.add_argument_group("rules"))
+    _add_verify_options(parser.add_argument_group("verification"))
+    _add_fix_options(parser.add_argument_group("fixes and suppressions"))
     _add_output_options(parser.add_argument_group("output"))
+    _add_config_options(parser.add_argument_group("configuration"))
+    parser.add_argument("--explain", metavar="CODE", help="print the documentation of rule CODE and exit")
     parser.add_argument("--version", action="version", version=f"maskcheck {__version__}")
     return parser
 
@@ -132,20 +216,27 @@ def _add_file_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--exclude",
         action="append",
-        default=[],
+        default=None,
         metavar="GLOB",
         help="skip paths matching GLOB, compared with each path part and with the path relative to the named "
-        "directory and to the current directory; may be repeated",
+        "directory and to the current directory; may be repeated; replaces `exclude` from the configuration",
+    )
+    group.add_argument(
+        "--extend-exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip paths matching GLOB in addition to --exclude and the configuration's excludes; may be repeated",
     )
     group.add_argument(
         "--force-exclude",
         action="store_true",
-        help="apply --exclude and the default directory rules to paths named on the command line too",
+        help="apply the excludes and the default directory rules to paths named on the command line too",
     )
     group.add_argument(
         "--max-file-size",
         type=int,
-        default=DEFAULT_MAX_FILE_SIZE,
+        default=None,
         metavar="BYTES",
         help=f"skip files larger than BYTES bytes (default: {DEFAULT_MAX_FILE_SIZE})",
     )
@@ -154,20 +245,33 @@ def _add_file_options(group: argparse._ArgumentGroup) -> None:
         metavar="NAME",
         help="path to show for standard input (default: -); implies - when no PATH is given",
     )
+    group.add_argument(
+        "--jobs",
+        "-j",
+        type=parse_jobs,
+        default=None,
+        metavar="N",
+        help="check files in N worker processes (default: the number of cores); 1 checks them in this process",
+    )
+    group.add_argument(
+        "--no-cache",
+        action="store_true",
+        help=f"do not read or write the result cache ({CACHE_DIR_NAME} in the project root of the first PATH)",
+    )
 
 
 def _add_rule_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--select",
         action="append",
-        default=[],
+        default=None,
         metavar="CODES",
         help="report only these comma-separated codes or prefixes (MSK selects all, MSK1 selects MSK1xx)",
     )
     group.add_argument(
         "--ignore",
         action="append",
-        default=[],
+        default=None,
         metavar="CODES",
         help="do not report these comma-separated codes or prefixes; when --select also matches, "
         "the longer prefix wins",
@@ -175,19 +279,84 @@ def _add_rule_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--head-count-names",
         action="append",
-        default=[],
+        default=None,
         metavar="NAMES",
         help="comma-separated names that also mean the number of attention heads, alone or at the end of an "
         "attribute chain (for example: n_attn_heads,groups)",
     )
     group.add_argument(
+        "--consumer-callables",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated dotted names of your own attention callables whose attn_mask argument is read "
+        "like nn.MultiheadAttention's (for example: mylib.attention.fused_attention)",
+    )
+
+
+def _add_verify_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--verify",
+        action="store_true",
+        help="replay each finding's mask construction with torch and print the verdict: confirmed, benign or "
+        "inconclusive (needs pip install 'maskcheck[verify]')",
+    )
+    group.add_argument(
+        "--strict",
+        action="store_true",
+        help="make findings that the verifier found benign set exit status 1 too",
+    )
+
+
+def _add_fix_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--fix",
+        action="store_true",
+        help="apply the fixes that the verifier verified in this run (turns --verify on when torch is installed)",
+    )
+    group.add_argument(
+        "--unsafe-fixes",
+        action="store_true",
+        help="with --fix or --diff, also apply fixes that were not verified",
+    )
+    group.add_argument(
+        "--diff",
+        action="store_true",
+        help="print the changes that --fix would make as a unified diff, and write nothing",
+    )
+    group.add_argument(
+        "--add-noqa",
+        action="store_true",
+        help='add "# noqa: CODE" comments for every current finding, and print nothing else',
+    )
+    group.add_argument(
         "--disable-noqa",
         action="store_true",
-        help='report findings on lines with "# noqa" and in files with "# flake8: noqa" too',
+        help='report findings on lines with "# noqa" and in files with "# flake8: noqa" or '
+        '"# maskcheck: skip-file" too',
     )
 
 
 def _add_output_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--output-format",
+        choices=FORMAT_NAMES,
+        default="text",
+        help="text: one line per finding (default); full: with source excerpt, slot picture, evidence and fix; "
+        "json: the schema in docs/integration.md; github: workflow annotations; sarif: SARIF 2.1.0; junit: JUnit XML",
+    )
+    group.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
+    group.add_argument(
+        "--statistics",
+        action="store_true",
+        help="print the number of findings per code instead of the findings (text, full and json formats)",
+    )
+    group.add_argument(
+        "--show-fixes",
+        action="store_true",
+        help="list each fix after the findings: the ones applied in this run and the available ones, as diffs",
+    )
+    group.add_argument("--exit-zero", action="store_true", help="exit with status 0 even when findings are printed")
     group.add_argument(
         "-v",
         "--verbose",
@@ -199,26 +368,116 @@ def _add_output_options(group: argparse._ArgumentGroup) -> None:
         "-q",
         "--quiet",
         action="store_true",
-        help="print only findings and errors: no summary line and no skipped-file messages",
+        help="print only findings and errors: no summary line, progress bar or skipped-file messages",
     )
 
 
+def _add_config_options(group: argparse._ArgumentGroup) -> None:
+    exclusive = group.add_mutually_exclusive_group()
+    exclusive.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from FILE: its [tool.maskcheck] table, or its top level when it has none",
+    )
+    exclusive.add_argument("--isolated", action="store_true", help="read no configuration file")
+
+
 def _parse_codes(parser: argparse.ArgumentParser, values: Sequence[str], option: str) -> Tuple[str, ...]:
-    known = known_codes()
     codes = []
     for value in values:
         for code in value.split(","):
             code = code.strip()
             if not code:
                 continue
-            if not any(candidate.startswith(code) for candidate in known):
-                hint = f" (did you mean {code.upper()}?)" if any(c.startswith(code.upper()) for c in known) else ""
-                parser.error(
-                    f"unknown rule code {code!r} in {option}{hint}; known codes: {', '.join(known)} "
-                    "(a prefix such as MSK or MSK1 matches every code that starts with it)"
-                )
+            problem = unknown_code_problem(code, known_codes())
+            if problem is not None:
+                parser.error(f"{option}: {problem}")
             codes.append(code)
     return tuple(codes)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The merged settings of the command line and the configuration file."""
+
+    settings: Settings
+    code_filter: CodeFilter
+    excludes: Tuple[str, ...]
+    config_path: Optional[str]
+
+
+def merge_options(parser: argparse.ArgumentParser, options: argparse.Namespace, config: FileConfig) -> RunOptions:
+    """Combine the configuration file with the command line, whose options replace the file's values."""
+    max_file_size = options.max_file_size if options.max_file_size is not None else config.max_file_size
+    if max_file_size is None:
+        max_file_size = DEFAULT_MAX_FILE_SIZE
+    if options.max_file_size is not None and options.max_file_size < 1:
+        parser.error(f"--max-file-size must be a positive number of bytes, got {options.max_file_size}")
+
+    try:
+        head_count_names = (
+            parse_head_count_names(options.head_count_names)
+            if options.head_count_names is not None
+            else config.head_count_names or frozenset()
+        )
+    except ValueError as error:
+        parser.error(f"--head-count-names: {error}")
+    try:
+        consumer_callables = (
+            parse_consumer_callables(options.consumer_callables)
+            if options.consumer_callables is not None
+            else config.consumer_callables or frozenset()
+        )
+    except ValueError as error:
+        parser.error(f"--consumer-callables: {error}")
+
+    select = _parse_codes(parser, options.select, "--select") if options.select is not None else config.select
+    ignore = _parse_codes(parser, options.ignore, "--ignore") if options.ignore is not None else config.ignore
+    code_filter = CodeFilter(
+        select=tuple(select or ()),
+        ignore=tuple(ignore or ()),
+        per_file_ignores=config.per_file_ignores,
+        base=config.base,
+    )
+
+    if options.exclude is not None:
+        excludes = list(options.exclude)
+    else:
+        excludes = [_config_glob(glob, config.base) for glob in config.exclude or ()]
+    excludes.extend(_config_glob(glob, config.base) for glob in config.extend_exclude)
+    excludes.extend(options.extend_exclude)
+
+    settings = Settings(
+        extra_head_count_names=head_count_names,
+        extra_consumer_callables=consumer_callables,
+        max_file_size=max_file_size,
+    )
+    return RunOptions(settings, code_filter, tuple(excludes), config.path)
+
+
+def _config_glob(glob: str, base: str) -> str:
+    """Anchor a configuration glob that names a path (`src/generated/*`) at the configuration file's folder."""
+    if "/" not in glob.strip("/") or os.path.isabs(glob):
+        return glob
+    return os.path.join(base, glob[2:] if glob.startswith("./") else glob).replace(os.sep, "/")
+
+
+def _load_config(options: argparse.Namespace, paths: Sequence[str]) -> FileConfig:
+    """Read the file named with --config, or the nearest pyproject.toml with [tool.maskcheck]; raise ConfigError."""
+    if options.isolated:
+        return FileConfig()
+    path = options.config
+    if path is None:
+        path = find_pyproject(paths[0] if paths else os.curdir)
+        if path is None:
+            return FileConfig()
+    config = load_config(shown_path(path), known_codes())
+    LOG.info("read settings from %s", config.path)
+    return config
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Entry point
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -237,16 +496,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
 
-    if options.max_file_size < 1:
-        parser.error(f"--max-file-size must be a positive number of bytes, got {options.max_file_size}")
-    try:
-        head_count_names = parse_head_count_names(options.head_count_names)
-    except ValueError as error:
-        parser.error(f"--head-count-names: {error}")
-    code_filter = CodeFilter(
-        select=_parse_codes(parser, options.select, "--select"),
-        ignore=_parse_codes(parser, options.ignore, "--ignore"),
-    )
+    if options.explain is not None:
+        return _explain(options.explain)
 
     paths = list(options.paths)
     if options.stdin_filename is not None:
@@ -256,8 +507,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             parser.error("--stdin-filename names standard input, so add - to the paths or drop the option")
     if not paths:
         paths = ["."]
+    _check_option_combinations(parser, options, paths)
 
-    settings = Settings(extra_head_count_names=head_count_names, max_file_size=options.max_file_size)
     # The logger's state is restored afterwards, so that `main` can be called again in the same process.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("maskcheck: %(message)s"))
@@ -266,11 +517,48 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     LOG.propagate = False
     LOG.setLevel(_log_level(options.verbose))
     try:
-        return _run(paths, options, settings, code_filter)
+        try:
+            config = _load_config(options, paths)
+        except ConfigError as error:
+            print(f"maskcheck: error: {error}", file=sys.stderr)
+            return EXIT_ERROR
+        run_options = merge_options(parser, options, config)
+        return _run(paths, options, run_options)
     finally:
         LOG.removeHandler(handler)
         LOG.setLevel(saved_level)
         LOG.propagate = saved_propagate
+
+
+def _check_option_combinations(parser: argparse.ArgumentParser, options: argparse.Namespace, paths: List[str]) -> None:
+    if options.statistics and options.output_format not in STATISTICS_FORMATS:
+        parser.error(
+            f"--statistics works with --output-format {', '.join(STATISTICS_FORMATS)}, "
+            f"not {options.output_format}"
+        )
+    modes = [name for name in ("fix", "diff", "add_noqa") if getattr(options, name)]
+    if len(modes) > 1:
+        shown = " and ".join("--" + name.replace("_", "-") for name in modes)
+        parser.error(f"{shown} cannot be combined; choose one")
+    if options.unsafe_fixes and not (options.fix or options.diff or options.show_fixes):
+        parser.error("--unsafe-fixes only changes what --fix, --diff and --show-fixes do; add one of them")
+    if (options.fix or options.add_noqa) and STDIN_PATH in paths:
+        option = "--fix" if options.fix else "--add-noqa"
+        parser.error(f"{option} rewrites files, so it cannot take standard input; use --diff to see the fix instead")
+
+
+def _explain(code: str) -> int:
+    from maskcheck.explain import explain
+
+    page = explain(code)
+    if page is None:
+        print(
+            f"maskcheck: error: unknown rule code {code!r}; known codes: {', '.join(known_codes())}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    _write_stdout(page if page.endswith("\n") else page + "\n")
+    return EXIT_CLEAN
 
 
 def _log_level(verbosity: int) -> int:
@@ -281,52 +569,175 @@ def _log_level(verbosity: int) -> int:
     return logging.WARNING
 
 
-def _run(paths: Sequence[str], options: argparse.Namespace, settings: Settings, code_filter: CodeFilter) -> int:
+# -------------------------------------------------------------------------------------------------------------------
+# One run
+
+
+@dataclass
+class _Checked:
+    """The outcome of the file loop, before verification and fixes."""
+
+    report: Report
+    sources: Dict[str, SourceFile] = field(default_factory=dict)
+    texts: Dict[str, str] = field(default_factory=dict)
+    notices: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def _run(paths: Sequence[str], options: argparse.Namespace, run_options: RunOptions) -> int:
+    verifier = None
+    if options.verify:
+        verifier = _load_verifier()
+        if verifier is None:
+            return EXIT_ERROR
+
     discovery = discover(
         paths,
-        excludes=options.exclude,
+        excludes=run_options.excludes,
         force_exclude=options.force_exclude,
         stdin_display=options.stdin_filename or STDIN_PATH,
     )
-    errors: List[PathError] = list(discovery.errors)
-    findings: List[Tuple[str, Finding]] = []
-    notices: List[Tuple[str, str]] = []
-    checked = 0
-    skipped = discovery.skipped_files
+    progress = Progress(len(discovery.files), enabled=not options.quiet)
+    outcomes = check_files(
+        discovery.files,
+        run_options.settings,
+        run_options.code_filter,
+        options.disable_noqa,
+        progress,
+        jobs=options.jobs,
+        cache_dir=None if options.no_cache else default_cache_dir(paths),
+    )
+    progress.finish()
 
-    for source in discovery.files:
-        outcome = check_file(source, settings, code_filter, disable_noqa=options.disable_noqa)
+    checked = _collect(outcomes, discovery)
+    report = checked.report
+
+    if options.add_noqa:
+        from maskcheck.add_noqa import add_noqa_comments
+
+        added = add_noqa_comments(report, checked.sources, checked.texts)
+        _print_problems(checked, options)
+        if not options.quiet:
+            files = len({reported.path for reported in added})
+            print(
+                f"maskcheck: added noqa comments for {_count(len(added), 'finding')} in {_count(files, 'file')}",
+                file=sys.stderr,
+            )
+        return EXIT_ERROR if report.errors else EXIT_CLEAN
+
+    wants_fix = options.fix or options.diff
+    if verifier is None and wants_fix and any(r.finding.replacement is not None for r in report.findings):
+        verifier = _load_verifier(required=False, quiet=options.quiet or options.unsafe_fixes)
+    if verifier is not None and report.findings:
+        verdicts = verifier([reported.finding for reported in report.findings])
+        for reported, verdict in zip(report.findings, verdicts):
+            reported.verdict = verdict
+        report.verified = True
+
+    if wants_fix or options.show_fixes or options.statistics or options.output_format in ("full", "json", "sarif"):
+        from maskcheck.fix import describe_fixes
+
+        describe_fixes(report, checked.texts)
+
+    fix_run = None
+    if wants_fix:
+        from maskcheck.fix import apply_fixes
+
+        fix_run = apply_fixes(
+            report,
+            checked.sources,
+            checked.texts,
+            reanalyse=lambda source: check_file(
+                source, run_options.settings, run_options.code_filter, options.disable_noqa
+            ),
+            unsafe=options.unsafe_fixes,
+            write=options.fix,
+        )
+    diff_text = fix_run.diff if fix_run is not None else ""
+
+    if options.diff:
+        _write_stdout(diff_text)
+    else:
+        output = render(
+            options.output_format,
+            report,
+            RenderOptions(show_fixes=options.show_fixes, statistics=options.statistics),
+        )
+        if not _write_report(output, options.output_file):
+            return EXIT_ERROR
+
+    _print_problems(checked, options)
+    if not options.quiet:
+        if fix_run is not None and options.fix:
+            _print_unapplied_fixes(fix_run.not_applied)
+        _print_fix_hint(report, options)
+        print(_summary(report, options), file=sys.stderr)
+    return _exit_status(report, options, diff_text)
+
+
+def _load_verifier(required: bool = True, quiet: bool = False):
+    """Import torch through the verifier and return `verify_findings`, or None when torch is missing.
+
+    When `required`, a missing torch prints the one-line install hint as an error. Otherwise, unless `quiet`, it
+    prints a note that no fix can be verified.
+    """
+    from maskcheck.verify import VerifierUnavailable, verify_findings
+    from maskcheck.verify.verifier import get_runtime
+
+    try:
+        get_runtime()
+    except VerifierUnavailable as error:
+        if required:
+            print(f"maskcheck: error: {error}", file=sys.stderr)
+        elif not quiet:
+            print(
+                f"maskcheck: note: no fix can be verified: {error}; or pass --unsafe-fixes to apply unverified fixes",
+                file=sys.stderr,
+            )
+        return None
+    return verify_findings
+
+
+def _collect(outcomes: Sequence[Tuple[SourceFile, FileOutcome]], discovery) -> _Checked:
+    report = Report(files_skipped=discovery.skipped_files)
+    checked = _Checked(report)
+    errors: List[PathError] = list(discovery.errors)
+    for source, outcome in outcomes:
         if outcome.error is not None:
             errors.append(PathError(source.display, outcome.error))
         elif outcome.skipped:
-            skipped += 1
+            report.files_skipped += 1
             if outcome.skip_notice is not None:
-                notices.append((source.display, outcome.skip_notice))
+                checked.notices.append((source.display, outcome.skip_notice))
         else:
-            checked += 1
-            findings.extend((source.display, finding) for finding in outcome.findings)
-
-    findings.sort(key=lambda item: (item[0], item[1].line, item[1].col, item[1].code, item[1].message))
-    _print_findings(findings)
-
-    if not options.quiet:
-        for display, notice in sorted(notices):
-            print(f"{display}: skipped: {notice}", file=sys.stderr)
-    for error in sorted(errors, key=lambda error: error.display):
-        print(f"{error.display}: error: {single_line(error.message)}", file=sys.stderr)
-    if not options.quiet:
-        print(_summary(checked, skipped, len(findings), len(errors)), file=sys.stderr)
-
-    if errors:
-        return EXIT_ERROR
-    return EXIT_FINDINGS if findings else EXIT_CLEAN
+            report.files_checked += 1
+            report.findings.extend(ReportedFinding(source.display, finding) for finding in outcome.findings)
+            if outcome.findings and outcome.text is not None:
+                checked.sources[source.display] = source
+                checked.texts[source.display] = outcome.text
+                report.sources[source.display] = split_lines(outcome.text)
+    report.findings.sort(key=ReportedFinding.sort_key)
+    report.errors = [PathProblem(error.display, single_line(error.message)) for error in errors]
+    return checked
 
 
-def _print_findings(findings: Sequence[Tuple[str, Finding]]) -> None:
+def _write_report(output: str, output_file: Optional[str]) -> bool:
+    if output_file is None:
+        _write_stdout(output)
+        return True
     try:
-        for display, finding in findings:
-            message = single_line(finding.message)
-            sys.stdout.write(f"{display}:{finding.line}:{finding.col}: {finding.code} {message}\n")
+        with open(output_file, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(output)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        print(f"maskcheck: error: cannot write --output-file {output_file}: {reason}; check the path",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader closed the pipe (for example `maskcheck . | head`). Point stdout at /dev/null so the
@@ -335,15 +746,103 @@ def _print_findings(findings: Sequence[Tuple[str, Finding]]) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def single_line(message: str) -> str:
-    """Join a message's lines with single spaces, so that each finding prints as one line.
+def _print_problems(checked: _Checked, options: argparse.Namespace) -> None:
+    if not options.quiet:
+        for display, notice in sorted(checked.notices):
+            print(f"{display}: skipped: {notice}", file=sys.stderr)
+    for error in sorted(checked.report.errors, key=lambda error: error.path):
+        print(f"{error.path}: error: {error.message}", file=sys.stderr)
 
-    Messages quote the user's expression, which can span several lines of source.
-    """
-    return _LINE_BREAK.sub(" ", message.strip())
+
+def _print_unapplied_fixes(not_applied: Sequence[ReportedFinding]) -> None:
+    """List the fixes that --fix left out, each with why, which option would apply it, and its diff."""
+    for reported in not_applied:
+        finding = reported.finding
+        print(
+            f"{reported.path}:{finding.line}:{finding.col}: {finding.code} fix not applied: {reported.fix.note}",
+            file=sys.stderr,
+        )
+        for line in reported.fix.diff.rstrip("\n").split("\n") if reported.fix.diff else ():
+            print("    " + line, file=sys.stderr)
 
 
-_LINE_BREAK = re.compile(r"[ \t]*[\r\n]+[ \t]*")
+def _print_fix_hint(report: Report, options: argparse.Namespace) -> None:
+    """Say which option applies the fixes that this run did not apply."""
+    if options.fix or options.diff:
+        return
+    fixable = [r for r in report.findings if r.finding.replacement is not None and (r.fix is None or r.fix.available)]
+    if not fixable:
+        return
+    verified = sum(1 for r in fixable if r.verdict is not None and r.verdict.status == "confirmed"
+                   and r.verdict.fix_verified)
+    if report.verified:
+        parts = []
+        if verified:
+            parts.append(f"--fix applies the {_count(verified, 'verified fix')}")
+        if len(fixable) - verified:
+            parts.append(f"--fix --unsafe-fixes also applies the {_count(len(fixable) - verified, 'unverified fix')}")
+        hint = "; ".join(parts)
+    else:
+        hint = "--fix applies those the verifier verifies (needs torch), --fix --unsafe-fixes applies them all"
+    print(f"maskcheck: {_count(len(fixable), 'finding')} with a fix: {hint}; --diff shows the changes",
+          file=sys.stderr)
+
+
+def _summary(report: Report, options: argparse.Namespace) -> str:
+    parts = [
+        _count(report.files_checked, "file") + " checked",
+        _count(report.files_skipped, "file") + " skipped",
+        _count(len(report.findings), "finding"),
+    ]
+    if report.verified and report.findings:
+        statuses = Counter(reported.status for reported in report.findings)
+        parts[-1] += " (" + ", ".join(f"{statuses[s]} {s}" for s in ("confirmed", "benign", "inconclusive")
+                                      if statuses[s]) + ")"
+    if options.fix:
+        parts.append(f"{len(report.fixed)} fixed")
+    if report.errors:
+        parts.append(_count(len(report.errors), "path") + " with errors")
+    return "maskcheck: " + ", ".join(parts)
+
+
+def _exit_status(report: Report, options: argparse.Namespace, diff_text: str) -> int:
+    if report.errors:
+        return EXIT_ERROR
+    if options.exit_zero:
+        return EXIT_CLEAN
+    if options.diff:
+        return EXIT_FINDINGS if diff_text else EXIT_CLEAN
+    if any(reported.fails(options.strict) for reported in report.findings):
+        return EXIT_FINDINGS
+    return EXIT_CLEAN
+
+
+def _count(number: int, noun: str) -> str:
+    if number == 1:
+        return f"{number} {noun}"
+    return f"{number} {noun}es" if noun.endswith(("x", "s")) else f"{number} {noun}s"
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The loop over files. `check_files` runs every file through `check_file` and returns the outcomes in the order of
+# `sources`. A parallel or caching runner replaces this one function and keeps its signature and result.
+
+
+def check_files(
+    sources: Sequence[SourceFile],
+    settings: Settings,
+    code_filter: CodeFilter,
+    disable_noqa: bool,
+    progress: Optional[Progress] = None,
+    jobs: Optional[int] = 1,
+    cache_dir: Optional[str] = None,
+) -> List[Tuple[SourceFile, FileOutcome]]:
+    outcomes = []
+    for source, outcome in check_paths(sources, settings, jobs, cache_dir, code_filter, disable_noqa):
+        outcomes.append((source, outcome))
+        if progress is not None:
+            progress.advance()
+    return outcomes
 
 
 def check_file(source: SourceFile, settings: Settings, code_filter: CodeFilter, disable_noqa: bool) -> FileOutcome:
@@ -363,6 +862,9 @@ def check_file(source: SourceFile, settings: Settings, code_filter: CodeFilter, 
     if not disable_noqa and file_is_exempt(lines):
         LOG.info("skipped %s: contains a '# flake8: noqa' line", source.display)
         return FileOutcome(skipped=True)
+    if not disable_noqa and file_is_skipped(lines):
+        LOG.info("skipped %s: contains a '# maskcheck: skip-file' line", source.display)
+        return FileOutcome(skipped=True)
 
     LOG.debug("checking %s", source.display)
     try:
@@ -373,22 +875,11 @@ def check_file(source: SourceFile, settings: Settings, code_filter: CodeFilter, 
         LOG.debug("internal error while checking %s", source.display, exc_info=True)
         return FileOutcome(error=f"internal error in maskcheck ({type(error).__name__}: {error}); please report it")
 
-    found = [finding for finding in found if code_filter.allows(finding.code)]
+    found = [finding for finding in found if code_filter.allows(finding.code, source.display)]
     if not disable_noqa:
         found = filter_suppressed(found, lines)
-    return FileOutcome(findings=found)
+    return FileOutcome(findings=found, text=text if found else None)
 
 
 def _stdin_bytes():
     return getattr(sys.stdin, "buffer", None) if sys.stdin is not None else None
-
-
-def _summary(checked: int, skipped: int, findings: int, errors: int) -> str:
-    parts = [_count(checked, "file") + " checked", _count(skipped, "file") + " skipped", _count(findings, "finding")]
-    if errors:
-        parts.append(_count(errors, "path") + " with errors")
-    return "maskcheck: " + ", ".join(parts)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

@@ -1,7 +1,9 @@
 """flake8 adapter: runs the maskcheck engine on the lines flake8 has read and reports its findings.
 
-flake8 applies `--select`, `--ignore`, `--extend-ignore`, `# noqa` and `# flake8: noqa` to what this plugin yields,
-so the plugin does none of that itself. This module imports neither flake8 nor torch at import time.
+flake8 applies `--select`, `--ignore`, `--extend-ignore`, `--per-file-ignores`, `--exclude`, `# noqa` and
+`# flake8: noqa` to what this plugin yields, so the plugin does none of that itself. It honours
+`# maskcheck: skip-file` as the command line does, unless flake8 runs with `--disable-noqa`. This module imports
+neither flake8 nor torch at import time.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import argparse
 from typing import Any, Iterator, List, Sequence, Tuple
 
 from maskcheck import __version__
-from maskcheck.cli import parse_head_count_names, single_line
+from maskcheck.cli import parse_consumer_callables, parse_head_count_names, single_line
 from maskcheck.engine import check_source
 from maskcheck.findings import SourceError
+from maskcheck.noqa import file_is_skipped
 from maskcheck.settings import Settings
 
 # Reported once, at line 1, when flake8 could parse the file but the engine raised SourceError, for example for
@@ -20,6 +23,7 @@ from maskcheck.settings import Settings
 UNANALYSABLE_CODE = "MSK001"
 
 HEAD_COUNT_NAMES_OPTION = "--maskcheck-head-count-names"
+CONSUMER_CALLABLES_OPTION = "--maskcheck-consumer-callables"
 
 
 class MaskcheckPlugin:
@@ -35,6 +39,7 @@ class MaskcheckPlugin:
 
     # Set by `parse_options` once per flake8 process, including each worker process of `--jobs`.
     settings = Settings()
+    disable_noqa = False
 
     def __init__(self, tree: Any, lines: List[str], filename: str) -> None:
         self.lines = lines
@@ -42,7 +47,7 @@ class MaskcheckPlugin:
 
     @classmethod
     def add_options(cls, parser: Any) -> None:
-        """Register `--maskcheck-head-count-names` on flake8's option manager (also read from flake8 config)."""
+        """Register the maskcheck options on flake8's option manager; flake8 also reads them from its config."""
         parser.add_option(
             HEAD_COUNT_NAMES_OPTION,
             default="",
@@ -51,23 +56,39 @@ class MaskcheckPlugin:
             help="comma-separated names that also mean the number of attention heads, "
             "alone or at the end of an attribute chain (for example: n_attn_heads,groups)",
         )
+        parser.add_option(
+            CONSUMER_CALLABLES_OPTION,
+            default="",
+            parse_from_config=True,
+            comma_separated_list=True,
+            help="comma-separated dotted names of your own attention callables whose attn_mask argument is read "
+            "like nn.MultiheadAttention's (for example: mylib.attention.fused_attention)",
+        )
 
     @classmethod
     def parse_options(cls, options: argparse.Namespace) -> None:
         """Build the engine settings from flake8's parsed options; invalid names stop flake8 with a message."""
-        raw = options.maskcheck_head_count_names
+        head_count_names = cls._parse(options, HEAD_COUNT_NAMES_OPTION, parse_head_count_names)
+        consumer_callables = cls._parse(options, CONSUMER_CALLABLES_OPTION, parse_consumer_callables)
+        cls.settings = Settings(extra_head_count_names=head_count_names, extra_consumer_callables=consumer_callables)
+        cls.disable_noqa = bool(getattr(options, "disable_noqa", False))
+
+    @staticmethod
+    def _parse(options: argparse.Namespace, option: str, parse) -> Any:
+        raw = getattr(options, option.lstrip("-").replace("-", "_"), "")
         values: Sequence[str] = [raw] if isinstance(raw, str) else list(raw or [])
         try:
-            names = parse_head_count_names(values)
+            return parse(values)
         except ValueError as error:
             # flake8 prints an ExecutionError's message without a traceback and exits with status 1.
             from flake8.exceptions import ExecutionError
 
-            raise ExecutionError(f"{HEAD_COUNT_NAMES_OPTION}: {error}") from None
-        cls.settings = Settings(extra_head_count_names=names)
+            raise ExecutionError(f"{option}: {error}") from None
 
     def run(self) -> Iterator[Tuple[int, int, str, type]]:
         """Yield `(line, column, "CODE message", type)` with flake8's 0-based column."""
+        if not self.disable_noqa and file_is_skipped(self.lines):
+            return
         source = "".join(self.lines)
         try:
             findings = check_source(source, self.filename, self.settings)

@@ -12,6 +12,8 @@ The rules, as flake8 7.5 implements them:
   MSK101 finding.
 - A `:` followed by anything that is not a code, such as `# noqa:MSK` or `# noqa:  MSK101`, leaves a bare `# noqa`.
 - A physical line that starts, after whitespace, with `# flake8: noqa` or `# flake8=noqa` exempts the whole file.
+- A physical line that starts, after whitespace, with `# maskcheck: skip-file` skips the whole file in both front
+  ends. flake8 does not read it, so it hides only maskcheck's codes.
 - The text is searched as it is, so `# noqa` inside a string literal also counts.
 """
 
@@ -38,10 +40,17 @@ _FILE_NOQA = re.compile(r"\s*\#[ ]flake8[:=]\s*noqa", re.IGNORECASE)
 
 _CODE_SEPARATOR = re.compile(r"[,\s]")
 
+_SKIP_FILE = re.compile(r"\s*\#\s*maskcheck:\s*skip-file\s*(?:\#|$)", re.IGNORECASE)
+
 
 def file_is_exempt(lines: Iterable[str]) -> bool:
     """Return whether a `# flake8: noqa` line exempts the whole file."""
     return any(_FILE_NOQA.match(line) for line in lines)
+
+
+def file_is_skipped(lines: Iterable[str]) -> bool:
+    """Return whether a `# maskcheck: skip-file` line skips the whole file."""
+    return any(_SKIP_FILE.match(line) for line in lines)
 
 
 def statement_text_by_line(lines: Sequence[str]) -> Dict[int, str]:

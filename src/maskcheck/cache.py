@@ -1,0 +1,326 @@
+"""A cache of per-file results, so that a run over unchanged files skips the analysis.
+
+An entry is valid only while all of these are unchanged:
+
+- the file's bytes, its absolute path and the path shown in output;
+- its dotted module name and the folder its top package sits in, which decide how its imports resolve;
+- every project module that the analysis of the file looked up through `ProjectIndex.find`: the file each dotted
+  name resolved to (or that none did) and that file's bytes. Findings can depend on imported modules, because
+  calls into them are followed;
+- maskcheck's version and the bytes of its own source files, the Python and libcst versions, and the run's
+  settings (the caller passes everything that changes a result into `run_fingerprint`).
+
+Entries live in `<project root>/.maskcheck_cache/v<FORMAT_VERSION>/`, one JSON file per checked file and setting
+combination, so a changed file overwrites its own entry instead of adding one. Entries are written to a temporary
+file and renamed into place, so a reader never sees half an entry. An entry that cannot be read or parsed is
+ignored with an INFO log line (`-v`) and rewritten; it is never an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from maskcheck import __version__
+
+LOG = logging.getLogger("maskcheck.cache")
+
+CACHE_DIR_NAME = ".maskcheck_cache"
+# Raise when the entry layout changes, so that old entries are left alone instead of misread.
+FORMAT_VERSION = 1
+
+# Files and folders that mark the top folder of a project; the cache goes there.
+PROJECT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git", ".hg")
+
+_CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file marks a cache folder made by maskcheck. See https://bford.info/cachedir/\n"
+)
+
+# (roots the lookup searched, dotted module name, file it resolved to or None, that file's digest or None)
+Dependency = Tuple[Tuple[str, ...], str, Optional[str], Optional[str]]
+
+
+def find_project_root(path: str) -> Path:
+    """Return the nearest folder at or above `path` that holds a project marker, else the folder of `path`."""
+    start = Path(os.path.abspath(path))
+    folder = start if start.is_dir() else start.parent
+    for candidate in (folder, *folder.parents):
+        if any((candidate / marker).exists() for marker in PROJECT_MARKERS):
+            return candidate
+    return folder
+
+
+def default_cache_dir(paths: Sequence[str]) -> Optional[Path]:
+    """Return `.maskcheck_cache` in the project root of the first path that is not standard input, or None."""
+    for path in paths:
+        if path != "-":
+            return find_project_root(path) / CACHE_DIR_NAME
+    return None
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """Return a digest of maskcheck's version and source files, and of the Python and libcst versions.
+
+    The source files count because an editable install changes behaviour without changing `__version__`.
+    """
+    import libcst
+
+    digest = hashlib.blake2b(digest_size=16)
+    libcst_version = getattr(libcst, "__version__", "unknown")
+    digest.update(f"{__version__}\0{sys.version_info[:2]}\0{libcst_version}\0".encode())
+    package = Path(__file__).resolve().parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
+        try:
+            digest.update(source.read_bytes())
+        except OSError:
+            digest.update(b"unreadable")
+    return digest.hexdigest()
+
+
+def canonical(value: Any) -> Any:
+    """Return `value` as JSON-ready data that is equal for equal settings, whatever the hash seed."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            "__type__": type(value).__qualname__,
+            **{field.name: canonical(getattr(value, field.name)) for field in dataclasses.fields(value)},
+        }
+    if isinstance(value, (set, frozenset)):
+        return sorted((canonical(item) for item in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): canonical(item) for key, item in sorted(value.items(), key=lambda pair: repr(pair[0]))}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def run_fingerprint(*parts: Any) -> str:
+    """Return the digest of the cache format, maskcheck's code and every setting in `parts`."""
+    text = json.dumps([FORMAT_VERSION, code_fingerprint(), canonical(list(parts))], sort_keys=True)
+    return digest_bytes(text.encode())
+
+
+def resolve_module(roots: Iterable[str], dotted: str) -> Optional[str]:
+    """Return the file that `ProjectIndex.find(dotted)` reads under `roots`, or None when there is none.
+
+    NOTE: this repeats the search order of `ProjectIndex.find` (each root in turn, `name.py` before
+    `name/__init__.py`). If that order changes, this function must change with it.
+    """
+    try:
+        relative = Path(*dotted.split("."))
+        for root in roots:
+            for candidate in (Path(root) / relative.with_suffix(".py"), Path(root) / relative / "__init__.py"):
+                if candidate.is_file():
+                    return str(candidate)
+    except (ValueError, OSError):
+        return None
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FileState:
+    """What a cache entry is checked against: the file's identity, bytes and place in its package."""
+
+    path: str
+    display: str
+    digest: str
+    module_name: Optional[str]
+    module_root: Optional[str]
+
+    @classmethod
+    def read(cls, path: str, display: str, max_size: int) -> Optional[Tuple["FileState", bytes]]:
+        """Read the file and return its state with its bytes, or None when it is not cacheable.
+
+        A file that cannot be read, or is larger than `max_size`, is not cached: the normal check reports it.
+        """
+        from maskcheck.analysis.project import module_name_for  # imports libcst; only needed on this path
+
+        try:
+            with open(path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size > max_size:
+                    return None
+                data = handle.read(max_size + 1)
+        except OSError:
+            return None
+        if len(data) > max_size:
+            return None
+        name, root = module_name_for(path)
+        state = cls(
+            path=os.path.abspath(path),
+            display=display,
+            digest=digest_bytes(data),
+            module_name=name,
+            module_root=None if root is None else str(root),
+        )
+        return state, data
+
+
+class ResultCache:
+    """Entries for one run: one cache folder and one run fingerprint.
+
+    Lookups remember file digests and module resolutions for the rest of the run, because many files import the
+    same modules. A run that edits files while it runs may keep a stale entry, as other linters' caches do.
+    """
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+        self._entries = self.directory / f"v{FORMAT_VERSION}"
+        self._digests: Dict[str, Optional[str]] = {}
+        self._resolved: Dict[Tuple[Tuple[str, ...], str], Optional[str]] = {}
+        self._write_failed = False
+
+    # Reading
+
+    def lookup(self, state: FileState) -> Optional[Dict[str, Any]]:
+        """Return the stored result (a JSON object) for a file in `state`, or None when there is no valid entry."""
+        entry_path = self._entry_path(state)
+        try:
+            raw = entry_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            self.report_unusable(entry_path, f"cannot read it ({error.strerror or type(error).__name__})")
+            return None
+        try:
+            entry = json.loads(raw)
+            result, stale = self._check_entry(entry, state)
+        except (ValueError, TypeError, KeyError, IndexError) as error:
+            self.report_unusable(entry_path, f"invalid content ({error})")
+            return None
+        if stale is not None:
+            LOG.debug("cache entry for %s is out of date: %s", state.display, stale)
+            return None
+        return result
+
+    def report_unusable(self, entry_path: Path, reason: str) -> None:
+        LOG.info("ignored cache entry %s: %s; the file is checked again and the entry rewritten", entry_path, reason)
+
+    def _check_entry(self, entry: Any, state: FileState) -> Tuple[Any, Optional[str]]:
+        """Return (result, None) for a valid entry, or (None, reason) when the entry is out of date.
+
+        Raises ValueError, TypeError, KeyError or IndexError for an entry that is not one this code wrote.
+        """
+        if not isinstance(entry, dict):
+            raise TypeError("not a JSON object")
+        if entry["format"] != FORMAT_VERSION or entry["run"] != self.fingerprint:
+            raise ValueError("it belongs to another maskcheck version or other settings")
+        if entry["path"] != state.path or entry["display"] != state.display:
+            raise ValueError("it belongs to another file")
+        if entry["digest"] != state.digest:
+            return None, "the file changed"
+        if entry["module"] != [state.module_name, state.module_root]:
+            return None, "its package layout changed"
+        for dependency in entry["dependencies"]:
+            roots, dotted, path, digest = dependency
+            if not isinstance(roots, list) or not all(isinstance(root, str) for root in roots):
+                raise TypeError("invalid dependency roots")
+            current = self._resolve(tuple(roots), str(dotted))
+            if current != path:
+                return None, f"module {dotted} now resolves to {current or 'nothing'}"
+            if current is not None and self.file_digest(current) != digest:
+                return None, f"imported module {current} changed"
+        result = entry["result"]
+        if not isinstance(result, dict):
+            raise TypeError("the stored result is not a JSON object")
+        return result, None
+
+    def _resolve(self, roots: Tuple[str, ...], dotted: str) -> Optional[str]:
+        key = (roots, dotted)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_module(roots, dotted)
+        return self._resolved[key]
+
+    def file_digest(self, path: str) -> Optional[str]:
+        if path not in self._digests:
+            try:
+                self._digests[path] = digest_bytes(Path(path).read_bytes())
+            except OSError:
+                self._digests[path] = None
+        return self._digests[path]
+
+    # Writing
+
+    def dependencies(self, lookups: Iterable[Tuple[Tuple[str, ...], str]]) -> List[Dependency]:
+        """Turn the `(roots, dotted name)` lookups an analysis made into dependencies with file digests."""
+        result = []
+        for roots, dotted in sorted(set(lookups)):
+            path = resolve_module(roots, dotted)
+            digest = None
+            if path is not None:
+                try:
+                    digest = digest_bytes(Path(path).read_bytes())
+                except OSError:
+                    digest = None
+            result.append((roots, dotted, path, digest))
+        return result
+
+    def store(self, state: FileState, dependencies: Sequence[Dependency], result: Dict[str, Any]) -> None:
+        """Write an entry atomically. A failure is logged once at INFO level and turns further writes off."""
+        if self._write_failed:
+            return
+        entry = {
+            "format": FORMAT_VERSION,
+            "run": self.fingerprint,
+            "path": state.path,
+            "display": state.display,
+            "digest": state.digest,
+            "module": [state.module_name, state.module_root],
+            "dependencies": [list(dependency) for dependency in dependencies],
+            "result": result,
+        }
+        entry_path = self._entry_path(state)
+        try:
+            self._prepare_directory(entry_path.parent)
+            _write_atomically(entry_path, json.dumps(entry, separators=(",", ":")).encode())
+        except OSError as error:
+            self._write_failed = True
+            LOG.info(
+                "cannot write the cache in %s (%s); this run's results are not cached, use --no-cache to skip it",
+                self.directory,
+                error.strerror or type(error).__name__,
+            )
+
+    def _entry_path(self, state: FileState) -> Path:
+        name = digest_bytes(f"{self.fingerprint}\0{state.path}\0{state.display}".encode())
+        return self._entries / name[:2] / f"{name[2:]}.json"
+
+    def _prepare_directory(self, folder: Path) -> None:
+        if folder.is_dir():
+            return
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # Like ruff's cache: ignored by git without touching the project's .gitignore, and tagged for backups.
+            _write_atomically(self.directory / ".gitignore", b"# Made by maskcheck.\n*\n")
+            _write_atomically(self.directory / "CACHEDIR.TAG", _CACHEDIR_TAG.encode())
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
