@@ -86,6 +86,14 @@ def apply_pattern(tensor: Tensor, pattern: str, sizes: Mapping[str, Size], node:
         placed_by = record if moved else None
         merged_by = record if sum(1 for name in group if named.get(name, True)) > 1 else None
         axes.append(Axis(tuple(factors), merged_by=merged_by, placed_by=placed_by))
+
+    # einops repeats by expanding, then reshapes only if a group merges axes: a merged group is a fresh copy, and a
+    # new axis standing alone stays an expanded view whose copies share memory (einops 0.8).
+    groups_with_new = [group for group in right if any(name not in named for name in group)]
+    if any(len(group) > 1 for group in groups_with_new) or any(len(group) > 1 for group in right):
+        return tensor.with_axes(tuple(axes), contiguous=True)
+    if groups_with_new:
+        return tensor.with_axes(tuple(axes), strided=True)
     return tensor.with_axes(tuple(axes))
 
 
