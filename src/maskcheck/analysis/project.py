@@ -84,6 +84,8 @@ class ProjectIndex:
     One index is shared by every file of a run that has the same roots, so an imported module is parsed once.
     """
 
+    # TODO: two transformers 5.25 modules recurse too deeply only late in a long run over the whole package, not
+    # in a fresh process; state shared between files (this index is the main candidate) deepens the analysis.
     _shared: Dict[Tuple[Path, ...], "ProjectIndex"] = {}
 
     def __init__(self, roots: List[Path]) -> None:
