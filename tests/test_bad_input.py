@@ -71,7 +71,7 @@ def bad_run(bad_tree):
     """One run of the real entry point in a child process, so a crash of the interpreter fails the test."""
     before = snapshot(bad_tree)
     result = subprocess.run(
-        [sys.executable, "-m", "maskcheck", "."], cwd=bad_tree, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "maskcheck", "--no-cache", "."], cwd=bad_tree, capture_output=True, text=True, timeout=600
     )
     assert snapshot(bad_tree) == before, "maskcheck changed the files it checked"
     return result

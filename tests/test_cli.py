@@ -418,7 +418,8 @@ def test_run_does_not_write_files(project, run_cli):
     (project / "pkg" / "broken.py").write_text("print 'x'\n")
     before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in project.rglob("*") if path.is_file()}
 
-    result = run_cli(["-vv", "."])
+    # The result cache is the only thing a plain run writes; --no-cache turns it off.
+    result = run_cli(["-vv", "--no-cache", "."])
 
     after = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in project.rglob("*") if path.is_file()}
     assert result.code == 2
