@@ -11,7 +11,7 @@ An entry is valid only while all of these are unchanged:
   settings (the caller passes everything that changes a result into `run_fingerprint`).
 
 Entries live in `<project root>/.maskcheck_cache/v<FORMAT_VERSION>/`, one JSON file per checked file and setting
-combination, so a changed file overwrites its own entry instead of adding one. Entries are written to a temporary
+combination, so a changed file, or a new build of maskcheck, overwrites the file's entry instead of adding one. Entries are written to a temporary
 file and renamed into place, so a reader never sees half an entry. An entry that cannot be read or parsed is
 ignored with an INFO log line (`-v`) and rewritten; it is never an error.
 """
@@ -110,10 +110,14 @@ def canonical(value: Any) -> Any:
     return repr(value)
 
 
+def settings_fingerprint(*parts: Any) -> str:
+    """Return the digest of the cache format and every setting in `parts`; it names the entries."""
+    return digest_bytes(json.dumps([FORMAT_VERSION, canonical(list(parts))], sort_keys=True).encode())
+
+
 def run_fingerprint(*parts: Any) -> str:
-    """Return the digest of the cache format, maskcheck's code and every setting in `parts`."""
-    text = json.dumps([FORMAT_VERSION, code_fingerprint(), canonical(list(parts))], sort_keys=True)
-    return digest_bytes(text.encode())
+    """Return the digest of the cache format, maskcheck's code and every setting in `parts`; entries must match it."""
+    return digest_bytes(f"{settings_fingerprint(*parts)}\0{code_fingerprint()}".encode())
 
 
 def resolve_module(roots: Iterable[str], dotted: str) -> Optional[str]:
@@ -178,9 +182,11 @@ class ResultCache:
     same modules. A run that edits files while it runs may keep a stale entry, as other linters' caches do.
     """
 
-    def __init__(self, directory: Path, fingerprint: str) -> None:
+    def __init__(self, directory: Path, fingerprint: str, entry_key: str = "") -> None:
+        # `fingerprint` (settings and code) must match an entry; `entry_key` (settings only) names the entry files.
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+        self.entry_key = entry_key
         self._entries = self.directory / f"v{FORMAT_VERSION}"
         self._digests: Dict[str, Optional[str]] = {}
         self._resolved: Dict[Tuple[Tuple[str, ...], str], Optional[str]] = {}
@@ -219,10 +225,12 @@ class ResultCache:
         """
         if not isinstance(entry, dict):
             raise TypeError("not a JSON object")
-        if entry["format"] != FORMAT_VERSION or entry["run"] != self.fingerprint:
-            raise ValueError("it belongs to another maskcheck version or other settings")
+        if entry["format"] != FORMAT_VERSION:
+            raise ValueError(f"entry format {entry['format']!r}, expected {FORMAT_VERSION}")
         if entry["path"] != state.path or entry["display"] != state.display:
             raise ValueError("it belongs to another file")
+        if entry["run"] != self.fingerprint:
+            return None, "maskcheck, Python or libcst changed since it was written"
         if entry["digest"] != state.digest:
             return None, "the file changed"
         if entry["module"] != [state.module_name, state.module_root]:
@@ -298,7 +306,7 @@ class ResultCache:
             )
 
     def _entry_path(self, state: FileState) -> Path:
-        name = digest_bytes(f"{self.fingerprint}\0{state.path}\0{state.display}".encode())
+        name = digest_bytes(f"{self.entry_key}\0{state.path}\0{state.display}".encode())
         return self._entries / name[:2] / f"{name[2:]}.json"
 
     def _prepare_directory(self, folder: Path) -> None:

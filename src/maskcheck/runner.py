@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from maskcheck.cache import FileState, ResultCache, run_fingerprint
+from maskcheck.cache import FileState, ResultCache, run_fingerprint, settings_fingerprint
 from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.files import STDIN_PATH, SourceFile, decode_source
 from maskcheck.findings import Finding
@@ -77,6 +77,7 @@ class _Setup:
     disable_noqa: bool
     cache_dir: Optional[str]
     fingerprint: str
+    entry_key: str
 
 
 @dataclass
@@ -106,8 +107,13 @@ def check_paths(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     code_filter = CodeFilter() if code_filter is None else code_filter
     sources = [SourceFile(source, source) if isinstance(source, str) else source for source in sources]
-    fingerprint = run_fingerprint(settings, code_filter, disable_noqa) if cache_dir is not None else ""
-    setup = _Setup(settings, code_filter, disable_noqa, None if cache_dir is None else str(cache_dir), fingerprint)
+    fingerprint = entry_key = ""
+    if cache_dir is not None:
+        fingerprint = run_fingerprint(settings, code_filter, disable_noqa)
+        entry_key = settings_fingerprint(settings, code_filter, disable_noqa)
+    setup = _Setup(
+        settings, code_filter, disable_noqa, None if cache_dir is None else str(cache_dir), fingerprint, entry_key
+    )
     checker = _FileChecker(setup)
 
     # The cache is read here, before any worker starts, so a run over unchanged files starts no process.
@@ -154,7 +160,9 @@ class _FileChecker:
 
     def __init__(self, setup: _Setup) -> None:
         self.setup = setup
-        self.cache = ResultCache(Path(setup.cache_dir), setup.fingerprint) if setup.cache_dir is not None else None
+        self.cache = None
+        if setup.cache_dir is not None:
+            self.cache = ResultCache(Path(setup.cache_dir), setup.fingerprint, setup.entry_key)
 
     def look_up(self, source: SourceFile) -> Tuple[Optional[FileState], Optional[_Checked]]:
         """Return the file's cache state and, when the cache contains a valid entry, its result."""
