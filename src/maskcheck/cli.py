@@ -48,7 +48,7 @@ from maskcheck.report import (
 )
 from maskcheck.rules import KNOWN_CODES
 from maskcheck.runner import check_paths, parse_jobs
-from maskcheck.settings import DEFAULT_MAX_FILE_SIZE, Settings
+from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_FILE_SIZE, Settings
 
 LOG = logging.getLogger("maskcheck")
 
@@ -285,6 +285,14 @@ def _add_rule_options(group: argparse._ArgumentGroup) -> None:
         "attribute chain (for example: n_attn_heads,groups)",
     )
     group.add_argument(
+        "--max-call-depth",
+        type=_call_depth,
+        default=None,
+        metavar="N",
+        help=f"follow calls into the project's own functions and layers at most N calls deep "
+        f"(default: {DEFAULT_MAX_CALL_DEPTH}; 0 follows none)",
+    )
+    group.add_argument(
         "--consumer-callables",
         action="append",
         default=None,
@@ -451,8 +459,19 @@ def merge_options(parser: argparse.ArgumentParser, options: argparse.Namespace, 
         extra_head_count_names=head_count_names,
         extra_consumer_callables=consumer_callables,
         max_file_size=max_file_size,
+        max_call_depth=DEFAULT_MAX_CALL_DEPTH if options.max_call_depth is None else options.max_call_depth,
     )
     return RunOptions(settings, code_filter, tuple(excludes), config.path)
+
+
+def _call_depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid call depth {text!r}: give a whole number, 0 or more")
+    return value
 
 
 def _config_glob(glob: str, base: str) -> str:
