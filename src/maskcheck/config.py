@@ -30,7 +30,7 @@ KEYS: Dict[str, str] = {
     "per-file-ignores": "a table of glob patterns to lists of codes, such as {\"tests/*\" = [\"MSK101\"]}",
     "head-count-names": "a list of Python identifiers, such as [\"n_attn\", \"groups\"]",
     "consumer-callables": "a list of dotted names of callables, such as [\"mylib.attention.fused_attention\"]",
-    "max-file-size": "a positive whole number of bytes, such as 10485760",
+    "max-file-size": "a positive whole number of bytes, such as 2097152",
 }
 
 
