@@ -1,4 +1,4 @@
-"""Parsing with guards: the stdlib parser checks syntax and nesting before libcst sees the text."""
+"""Parsing with guards: the stdlib parser checks syntax and nesting before libcst parses the text."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import libcst as cst
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """What a layer class takes: its head-count constructor argument and its mask arguments in `forward`."""
+    """The arguments of a layer class: its head-count constructor argument and its mask arguments in `forward`."""
 
     head_argument: Optional[Tuple[str, int]]
     mask_arguments: Tuple[Tuple[str, int], ...]

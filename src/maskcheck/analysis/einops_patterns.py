@@ -14,7 +14,7 @@ import libcst as cst
 from maskcheck.analysis.tensor_ops import materialize, unknown_like
 from maskcheck.analysis.values import BATCH, HEAD, UNKNOWN, Axis, Factor, OpRecord, Size, Tensor
 
-# Axis names that say what an axis holds, used only when nothing else tells.
+# Axis names that tell what an axis contains, used only when no other evidence does.
 _BATCH_AXIS_NAMES = frozenset({"b", "batch", "bs", "bsz"})
 _HEAD_AXIS_NAMES = frozenset({"h", "head", "heads", "nh"})
 

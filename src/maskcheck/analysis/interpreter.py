@@ -1,6 +1,6 @@
 """Abstract interpretation of one module: follow mask values to the attention calls that consume them.
 
-Each function body is interpreted once, in statement order. A name holds a short tuple of alternative values; the
+Each function body is interpreted once, in statement order. A name is bound to a short tuple of alternative values; the
 branches of `if`, `try` and loops are joined by taking every alternative, so a mask that is wrong on any path that
 reaches the consumer is reported. Methods of a class share `self.<attr>` values: every method is interpreted once to
 collect them, then once more to report.
@@ -363,8 +363,8 @@ class ModuleInterpreter:
         if attributes is not None:
             return attributes
         if instance.arguments is not None and self._collecting >= MAX_NESTED_COLLECTIONS:
-            # Building one class's attributes builds others in turn; past this depth the variant without
-            # constructor arguments stands in.
+            # Building one class's attributes builds others in turn. Past this depth the variant without
+            # constructor arguments is used instead.
             return self.class_attributes(Instance(instance.context, instance.class_def))
         attributes = {}
         self._class_attributes[key] = attributes
@@ -1627,8 +1627,8 @@ class ModuleInterpreter:
         self._report(values, consumer, argument if argument is not None else node)
 
     def _is_configured_consumer(self, node: cst.Call, scope: Scope) -> bool:
-        """A callable the user configured as taking a batch-major (N*num_heads, L, S) `attn_mask`: by its
-        qualified name through the imports, or by the last part of the called name."""
+        """Return True for a callable the user configured as taking a batch-major (N*num_heads, L, S) `attn_mask`,
+        matched by its qualified name through the imports or by the last part of the called name."""
         if not self.consumer_callables:
             return False
         context = scope.module_context()
@@ -1901,8 +1901,8 @@ def _has_merged_axis(tensor: Tensor) -> bool:
 
 
 def _layout_key(arguments: "BoundArguments") -> tuple:
-    """A summary key that ignores where argument tensors came from (their steps and source names) and keeps
-    what the analysis of the callee depends on: their axes, including the calls that made each layout."""
+    """Build a summary key that ignores where argument tensors came from (their steps and source names). It
+    keeps what the analysis of the callee depends on: their axes, including the calls that made each layout."""
 
     def value_key(value: Value) -> object:
         if isinstance(value, Tensor):

@@ -39,8 +39,8 @@ _PADDING_NAME = re.compile(r"(pad|padding|valid|kpm|keep|lengths?|attention_mask
 
 
 def default_rank(tensor: Tensor) -> int:
-    """The rank to assume for a tensor whose rank the code does not show: 2 for a value named like a key padding
-    mask (`key_padding_mask`, `x_valid`), otherwise 3, the (N, L, S) per-example mask."""
+    """Return the rank to assume for a tensor whose rank the code does not show. It is 2 for a value named like a
+    key padding mask (`key_padding_mask`, `x_valid`), otherwise 3, the (N, L, S) per-example mask."""
     name = tensor.source.rsplit(".", 1)[-1]
     return 2 if _PADDING_NAME.search(name) else DEFAULT_RANK
 
@@ -444,9 +444,11 @@ def gather(tensor: Tensor, vector: IndexVector, dim: int, node: cst.CSTNode) -> 
 
 
 def broadcast(first: Tensor, second: Tensor) -> Tensor:
-    """An elementwise operation of two tensors: right-aligned broadcasting, first operand's history kept."""
+    """Combine two tensors elementwise with right-aligned broadcasting, keeping the first operand's history."""
     if first.axes is None or second.axes is None:
-        return first if first.axes is not None else (second if second.axes is not None else first)
+        if first.axes is None and second.axes is not None:
+            return second
+        return first
     longer, shorter = (first, second) if len(first.axes) >= len(second.axes) else (second, first)
     offset = len(longer.axes) - len(shorter.axes)
     axes = list(longer.axes[:offset])

@@ -123,7 +123,7 @@ def _check_head_major(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
     else:
         return None
     if not (head.varying or batch.varying):
-        # Both factors are copies (a shared 2-D mask expanded both ways): every slot holds the same mask.
+        # Both factors are copies (a shared 2-D mask expanded both ways): every slot contains the same mask.
         return None
 
     node = axis.merged_by.node
