@@ -367,8 +367,12 @@ def _check_in_pool(
         executor = _start_executor(checker.setup, count)
         done = 0
         finished = False
+        processes: list = []
         try:
-            for result in executor.map(_check_in_worker, remaining, chunksize=chunk):
+            results = executor.map(_check_in_worker, remaining, chunksize=chunk)
+            # The pool forgets its processes once it breaks, so keep them now to read a dead worker's exit code.
+            processes = list((getattr(executor, "_processes", None) or {}).values())
+            for result in results:
                 yield result
                 done += 1
             finished = True
@@ -378,7 +382,7 @@ def _check_in_pool(
                 from maskcheck.cli import FileOutcome
 
                 index = remaining[done][0]
-                error = WORKER_CRASHED.format(code=_exit_code(executor))
+                error = WORKER_CRASHED.format(code=_exit_code(processes))
                 yield index, _Checked(FileOutcome(error=error), [])
                 done += 1
             remaining = remaining[done:]
@@ -429,8 +433,10 @@ def _stop_executor(executor: ProcessPoolExecutor, wait_for_workers: bool) -> Non
     executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _exit_code(executor: ProcessPoolExecutor) -> str:
-    for process in (getattr(executor, "_processes", None) or {}).values():
+def _exit_code(processes: list) -> str:
+    for process in processes:
+        # A worker that just died may not have been reaped yet.
+        process.join(timeout=1)
         if process.exitcode not in (None, 0):
             return str(process.exitcode)
     return "unknown"
