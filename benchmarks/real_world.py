@@ -72,7 +72,7 @@ def analyse(root: Path) -> None:
         text = path.read_text(encoding="utf-8", errors="replace")
         started = time.perf_counter()
         try:
-            findings.extend(check_source(text, str(path.relative_to(root))))
+            findings.extend(check_source(text, str(path)))
         except SourceError as error:
             errors.append(f"{path.relative_to(root)}: {error}")
             continue
