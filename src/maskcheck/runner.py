@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -367,11 +368,14 @@ def _check_in_pool(
         executor = _start_executor(checker.setup, count)
         done = 0
         finished = False
-        processes: list = []
+        # The pool drops its reference to its processes once it breaks, so hold the dict now, before any
+        # worker starts: a worker can die while `map` is still submitting. Workers are added to it as they start.
+        # NOTE: `_processes` is private to concurrent.futures (see `_stop_executor`).
+        processes = getattr(executor, "_processes", None)
+        if not isinstance(processes, dict):
+            processes = {}
         try:
             results = executor.map(_check_in_worker, remaining, chunksize=chunk)
-            # The pool forgets its processes once it breaks, so keep them now to read a dead worker's exit code.
-            processes = list((getattr(executor, "_processes", None) or {}).values())
             for result in results:
                 yield result
                 done += 1
@@ -382,7 +386,7 @@ def _check_in_pool(
                 from maskcheck.cli import FileOutcome
 
                 index = remaining[done][0]
-                error = WORKER_CRASHED.format(code=_exit_code(processes))
+                error = WORKER_CRASHED.format(code=_exit_code(list(processes.values())))
                 yield index, _Checked(FileOutcome(error=error), [])
                 done += 1
             remaining = remaining[done:]
@@ -434,12 +438,17 @@ def _stop_executor(executor: ProcessPoolExecutor, wait_for_workers: bool) -> Non
 
 
 def _exit_code(processes: list) -> str:
-    for process in processes:
-        # A worker that just died may not have been reaped yet.
-        process.join(timeout=1)
-        if process.exitcode not in (None, 0):
-            return str(process.exitcode)
-    return "unknown"
+    # A worker that just died may not have been reaped yet. The pool's own thread reaps workers too, and when it
+    # wins the race our `join` sees no status for a moment, so look again until every exit code is known.
+    deadline = time.monotonic() + 2.0
+    while True:
+        for process in processes:
+            process.join(timeout=0.1)
+            if process.exitcode not in (None, 0):
+                return str(process.exitcode)
+        if all(process.exitcode is not None for process in processes) or time.monotonic() > deadline:
+            return "unknown"
+        time.sleep(0.05)
 
 
 _WORKER_CHECKER: Optional[_FileChecker] = None
