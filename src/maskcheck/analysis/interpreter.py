@@ -5,8 +5,9 @@ branches of `if`, `try` and loops are joined by taking every alternative, so a m
 reaches the consumer is reported. Methods of a class share `self.<attr>` values: every method is interpreted once to
 collect them, then once more to report.
 
-NOTE: calls into other functions are not followed: a helper's return value is a new value of unknown layout, and a
-parameter is a value of unknown layout. Function summaries can be added in `_call_unknown` and `_bind_parameters`.
+Calls into the project's own functions, methods and classes, in this module or in modules the project index
+finds, are followed by interpreting the callee's body with the caller's argument values (`invoke`), up to the
+settings' call depth. A call that cannot be followed returns a value of unknown layout.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ _LAYOUT_KEEPING_METHODS = frozenset(
         "logical_and", "logical_or", "mul", "add", "sub", "neg", "abs", "log", "exp", "sigmoid", "triu", "tril",
         "triu_", "tril_", "pin_memory", "__invert__", "where",
     }
+)
+
+# Layout-keeping methods that return their receiver itself when it already has the requested dtype or device
+# (PyTorch 2.13: `t.to(t.dtype) is t`, and likewise `.float()` on a float32 tensor), and a copy otherwise.
+_CONVERSION_METHODS = frozenset(
+    {"bool", "float", "half", "double", "int", "long", "byte", "bfloat16", "to", "type", "type_as", "cuda", "cpu"}
 )
 
 # Methods whose result is contiguous whatever the input's strides (PyTorch 2.13, checked with is_contiguous() on a
@@ -1255,9 +1262,11 @@ class ModuleInterpreter:
             return (tensor.with_axes(tensor.axes, contiguous=True),)
         if name in _VIEW_OR_IN_PLACE_METHODS:
             return (tensor,)
+        if name in _CONVERSION_METHODS and not _is_true(keywords.get("copy")):
+            # A conversion to the dtype or device the tensor already has returns the tensor itself, so an
+            # expanded view stays expanded; otherwise the result is a copy. The dtype is not tracked: keep both.
+            return join((_computed(tensor), tensor))
         if name in _LAYOUT_KEEPING_METHODS:
-            # NOTE: a dtype conversion (`.to`, `.float()`) counts as a copy, but to the same dtype torch returns
-            # the input itself; an expanded view then stays expanded (2 misses in 10,000 generated chains).
             return (_computed(tensor),)
         # An unknown object's method (`block.attend(x, attn_mask=m)`) may be a wrapper around the layer.
         self._check_wrapper(node, scope, compact_text(node.func))
@@ -1722,6 +1731,10 @@ def _binary(first: Value, second: Value, operator, node) -> Value:
     if isinstance(second, Tensor):
         return _computed(second)
     return UNKNOWN_VALUE
+
+
+def _is_true(node: Optional[cst.BaseExpression]) -> bool:
+    return isinstance(node, cst.Name) and node.value == "True"
 
 
 def _computed(tensor: Tensor) -> Tensor:
