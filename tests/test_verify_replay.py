@@ -559,3 +559,32 @@ def test_no_fixture_finding_replays_as_benign():
     assert not benign, "\n".join(benign)
     assert not failed, "\n".join(failed)
     assert sum(verdict.status == "confirmed" for verdict in verdicts) > 0
+
+
+def test_head_count_inside_view_is_bound():
+    # The heads come from the bias's own axis, so only the `view` names `self.num_heads`; the chain must still
+    # bind it to H, or the replay stops at an unbound name.
+    from maskcheck.engine import check_source
+
+    module = (
+        "import torch.nn as nn\n"
+        "\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self, dim, num_heads):\n"
+        "        super().__init__()\n"
+        "        self.num_heads = num_heads\n"
+        "        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)\n"
+        "\n"
+        "    def forward(self, x, bias):\n"
+        "        batch, length, _ = x.shape\n"
+        "        per_example = bias.unsqueeze(0).expand(batch, -1, -1, -1)\n"
+        "        heads_first = per_example.transpose(0, 1).clone()\n"
+        "        attn_mask = heads_first.view(batch * self.num_heads, length, length)\n"
+        "        return self.attn(x, x, x, attn_mask=attn_mask)[0]\n"
+    )
+    findings = [finding for finding in check_source(module, "block.py") if finding.code == "MSK101"]
+    assert len(findings) == 1
+    assert findings[0].chain is not None
+    assert findings[0].chain.sizes.get("self.num_heads") == "H"
+    verdict = verify_findings(findings)[0]
+    assert verdict.status == "confirmed", verdict.reason

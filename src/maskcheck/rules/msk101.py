@@ -137,7 +137,7 @@ def _check_head_major(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
         replacement,
         use=use,
         source_kind=_source_kind(head, batch),
-        sizes=_size_roles(use, head, batch),
+        sizes=_size_roles(use, head, batch, heads),
     )
 
 
@@ -155,7 +155,8 @@ def _source_kind(head: Factor, batch: Factor) -> str:
     return SOURCE_EXAMPLE
 
 
-def _size_roles(use: MaskUse, head: Factor, batch: Factor) -> Tuple[Tuple[str, str], ...]:
+def _size_roles(use: MaskUse, head: Factor, batch: Factor, heads: _HeadCounts) -> Tuple[Tuple[str, str], ...]:
+    """Map the size texts of the construction to N, H, L or S, for the verifier to bind."""
     roles = {}
     for text in head.sizes:
         roles[text] = "H"
@@ -165,7 +166,28 @@ def _size_roles(use: MaskUse, head: Factor, batch: Factor) -> Tuple[Tuple[str, s
         for factor in axis.factors:
             for text in factor.sizes:
                 roles.setdefault(text, role)
+    # A head count the analysis did not attach to a factor, such as `self.num_heads` in
+    # `.view(batch * self.num_heads, L, S)` when the heads came from the source's own axis.
+    for step in use.tensor.steps:
+        for text in _names_in(step.node):
+            if heads.evidence(frozenset({text})) is not None:
+                roles.setdefault(text, "H")
     return tuple(sorted(roles.items()))
+
+
+def _names_in(node: cst.CSTNode) -> List[str]:
+    """Source texts of the names and attribute chains (`self.cfg.num_heads`) inside `node`."""
+    found: List[str] = []
+    stack: List[cst.CSTNode] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, (cst.Name, cst.Attribute)):
+            found.append(source_text(current))
+            if isinstance(current, cst.Attribute):
+                stack.append(current.value)
+            continue
+        stack.extend(current.children)
+    return found
 
 
 # -------------------------------------------------------------------------------------------------------------------
