@@ -108,7 +108,7 @@ def test_unsafe_fixes_needs_a_fix_option(project, run_cli):
     result = run_cli(["--unsafe-fixes", "."])
 
     assert result.code == 2
-    assert "--unsafe-fixes only changes what --fix, --diff and --show-fixes do" in result.err
+    assert "--unsafe-fixes only changes what --fix and --diff do" in result.err
 
 
 def test_fix_and_diff_cannot_combine(project, run_cli):
@@ -380,9 +380,9 @@ def test_plan_keeps_mixed_newlines():
 
 
 def test_plan_keeps_parentheses_of_replaced_node():
-    # As the analysis reports it: the range excludes the parentheses and the expression's text includes them.
+    # As the analysis reports it: the range and the expression's text both leave the parentheses out.
     text = "y = (f(m)) + 1\n"
-    finding = Finding("x.py", 1, 6, "MSK101", "m", 1, 10, expression="(f(m))", replacement="g(m)")
+    finding = Finding("x.py", 1, 6, "MSK101", "m", 1, 10, expression="f(m)", replacement="g(m)")
 
     plan = fix.plan_fixes(stored(text), [finding])
 

@@ -73,6 +73,8 @@ def hook_repo(tmp_path_factory) -> Path:
         root / "src" / "maskcheck",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
+    # The wheel ships the rule pages from docs/rules, so the build needs that folder.
+    shutil.copytree(REPO_ROOT / "docs" / "rules", root / "docs" / "rules")
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "hooks under test")

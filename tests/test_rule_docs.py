@@ -123,9 +123,33 @@ def test_explain_unknown_code(run_cli):
 def test_explain_falls_back_to_docstring(run_cli, monkeypatch):
     from maskcheck import explain
 
-    monkeypatch.setattr(explain, "RULE_DOCS", Path("/nonexistent"))
+    monkeypatch.setattr(explain, "PACKAGED_RULE_DOCS", Path("/nonexistent"))
+    monkeypatch.setattr(explain, "SOURCE_RULE_DOCS", Path("/nonexistent"))
 
     result = run_cli(["--explain", "MSK101"])
 
     assert result.code == 0
     assert result.out.startswith("# MSK101: head-major attention mask layout\n\nMSK101: a (N*num_heads, L, S)")
+
+
+def test_explain_reads_packaged_page_first(run_cli, monkeypatch, tmp_path):
+    """The wheel's copy (maskcheck/rule_docs) wins over the source tree, which a wheel installation lacks."""
+    from maskcheck import explain
+
+    packaged = tmp_path / "rule_docs"
+    packaged.mkdir()
+    (packaged / "MSK101.md").write_text("# MSK101: packaged page\n", encoding="utf-8")
+    monkeypatch.setattr(explain, "PACKAGED_RULE_DOCS", packaged)
+
+    result = run_cli(["--explain", "MSK101"])
+
+    assert result.code == 0
+    assert result.out == "# MSK101: packaged page\n"
+
+
+def test_explain_reads_source_tree_without_packaged_page(run_cli, monkeypatch, tmp_path):
+    from maskcheck import explain
+
+    monkeypatch.setattr(explain, "PACKAGED_RULE_DOCS", tmp_path / "missing")
+
+    assert run_cli(["--explain", "MSK101"]).out == page_of("MSK101")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -559,8 +560,8 @@ def _check_option_combinations(parser: argparse.ArgumentParser, options: argpars
     if len(modes) > 1:
         shown = " and ".join("--" + name.replace("_", "-") for name in modes)
         parser.error(f"{shown} cannot be combined; choose one")
-    if options.unsafe_fixes and not (options.fix or options.diff or options.show_fixes):
-        parser.error("--unsafe-fixes only changes what --fix, --diff and --show-fixes do; add one of them")
+    if options.unsafe_fixes and not (options.fix or options.diff):
+        parser.error("--unsafe-fixes only changes what --fix and --diff do; add one of them")
     if (options.fix or options.add_noqa) and STDIN_PATH in paths:
         option = "--fix" if options.fix else "--add-noqa"
         parser.error(f"{option} rewrites files, so it cannot take standard input; use --diff to see the fix instead")
@@ -576,7 +577,8 @@ def _explain(code: str) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-    _write_stdout(page if page.endswith("\n") else page + "\n")
+    if not _write_stdout(page if page.endswith("\n") else page + "\n"):
+        return EXIT_ERROR
     return EXIT_CLEAN
 
 
@@ -674,7 +676,8 @@ def _run(paths: Sequence[str], options: argparse.Namespace, run_options: RunOpti
     diff_text = fix_run.diff if fix_run is not None else ""
 
     if options.diff:
-        _write_stdout(diff_text)
+        if not _write_stdout(diff_text):
+            return EXIT_ERROR
     else:
         output = render(
             options.output_format,
@@ -686,8 +689,8 @@ def _run(paths: Sequence[str], options: argparse.Namespace, run_options: RunOpti
 
     _print_problems(checked, options)
     if not options.quiet:
-        if fix_run is not None and options.fix:
-            _print_unapplied_fixes(fix_run.not_applied)
+        if fix_run is not None:
+            _print_unapplied_fixes(fix_run.not_applied, "not applied" if options.fix else "not in the diff")
         _print_fix_hint(report, options)
         print(_summary(report, options), file=sys.stderr)
     return _exit_status(report, options, diff_text)
@@ -740,29 +743,58 @@ def _collect(outcomes: Sequence[Tuple[SourceFile, FileOutcome]], discovery) -> _
 
 
 def _write_report(output: str, output_file: Optional[str]) -> bool:
+    """Write the report to standard output or to `output_file`; on failure print one error line and return False."""
     if output_file is None:
-        _write_stdout(output)
-        return True
+        return _write_stdout(output)
     try:
         with open(output_file, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(output)
     except OSError as error:
-        reason = error.strerror or type(error).__name__
-        print(f"maskcheck: error: cannot write --output-file {output_file}: {reason}; check the path",
-              file=sys.stderr)
+        problem = _write_problem(error, "choose another --output-file")
+        print(f"maskcheck: error: cannot write --output-file {output_file}: {problem}", file=sys.stderr)
         return False
     return True
 
 
-def _write_stdout(text: str) -> None:
+def _write_stdout(text: str) -> bool:
+    """Write to standard output; on failure print one error line and return False.
+
+    A closed pipe (for example `maskcheck . | head`) is not an error: the reader has what it wanted.
+    """
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
-        # The reader closed the pipe (for example `maskcheck . | head`). Point stdout at /dev/null so the
-        # interpreter's final flush does not raise again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_stdout()
+        return True
+    except OSError as error:
+        _discard_stdout()
+        problem = _write_problem(error, "write the report to a file with --output-file")
+        print(f"maskcheck: error: cannot write to standard output: {problem}", file=sys.stderr)
+        return False
+    return True
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's final flush of the unwritten rest does not raise
+    a second time and print a traceback."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return  # not backed by a file descriptor (a test's capture), so there is no final flush to a broken file
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def _write_problem(error: OSError, alternative: str) -> str:
+    """Describe a failed write and the next step, for example `No space left on device; free space ...`."""
+    reason = error.strerror or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{reason}; free space on that file system or {alternative}"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason}; check the permissions or {alternative}"
+    return f"{reason}; check that the folder exists and is writable, or {alternative}"
 
 
 def _print_problems(checked: _Checked, options: argparse.Namespace) -> None:
@@ -773,12 +805,12 @@ def _print_problems(checked: _Checked, options: argparse.Namespace) -> None:
         print(f"{error.path}: error: {error.message}", file=sys.stderr)
 
 
-def _print_unapplied_fixes(not_applied: Sequence[ReportedFinding]) -> None:
-    """List the fixes that --fix left out, each with why, which option would apply it, and its diff."""
+def _print_unapplied_fixes(not_applied: Sequence[ReportedFinding], outcome: str) -> None:
+    """List the fixes that --fix or --diff left out, each with why, which option would apply it, and its diff."""
     for reported in not_applied:
         finding = reported.finding
         print(
-            f"{reported.path}:{finding.line}:{finding.col}: {finding.code} fix not applied: {reported.fix.note}",
+            f"{reported.path}:{finding.line}:{finding.col}: {finding.code} fix {outcome}: {reported.fix.note}",
             file=sys.stderr,
         )
         for line in reported.fix.diff.rstrip("\n").split("\n") if reported.fix.diff else ():

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Optional
+from typing import List, Optional
 
 from maskcheck.rules import RULES
 
-# The rule pages live in the source tree, next to the package folder (src/maskcheck -> docs/rules).
-RULE_DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "rules"
+# docs/rules is the only copy of the pages. A wheel ships them as maskcheck/rule_docs/ (the package-dir mapping in
+# pyproject.toml), and a source checkout or an editable installation reads them from docs/rules.
+PACKAGED_RULE_DOCS = pathlib.Path(__file__).resolve().parent / "rule_docs"
+SOURCE_RULE_DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "rules"
 
 
-def rule_page_path(code: str) -> pathlib.Path:
-    return RULE_DOCS / f"{code}.md"
+def rule_page_paths(code: str) -> List[pathlib.Path]:
+    """Return where the page of `code` may be, in the order `explain` tries them."""
+    return [folder / f"{code}.md" for folder in (PACKAGED_RULE_DOCS, SOURCE_RULE_DOCS)]
 
 
 def explain(code: str) -> Optional[str]:
-    """Return the rule's page, or its module docstring when the page is not installed; None for an unknown code.
+    """Return the rule's page, or its module docstring when no page is found; None for an unknown code.
 
-    NOTE: the pages are not part of the built wheel, so an installation from a wheel prints the docstring. An
-    editable installation or a run from the source tree prints the page.
+    The docstring is printed only when the installation lacks the pages, for example one copied without its
+    package data.
     """
     module = RULES.get(code.strip().upper())
     if module is None:
         return None
-    path = rule_page_path(module.CODE)
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError:
-        doc = (module.__doc__ or "").strip()
-        return f"# {module.CODE}: {getattr(module, 'TITLE', '')}\n\n{doc}\n"
+    for path in rule_page_paths(module.CODE):
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+    doc = (module.__doc__ or "").strip()
+    return f"# {module.CODE}: {getattr(module, 'TITLE', '')}\n\n{doc}\n"

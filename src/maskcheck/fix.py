@@ -1,8 +1,9 @@
 """Fixes: find each finding's flagged expression with libcst, replace it, and write the file back safely.
 
-A replacement is applied only where the node at the finding's position is the flagged expression, so a finding
-whose mask is built in another module, or a file that changed since the analysis, is never rewritten. libcst
-regenerates only the replaced nodes: comments, formatting and everything else keep their exact text.
+A replacement is applied only where the text at the finding's position is exactly the flagged expression, so a
+file that changed since the analysis is never rewritten. A finding whose mask is built in another module is not
+fixed either: its note names the file and line where the fix belongs. libcst regenerates only the replaced nodes:
+comments, formatting and everything else keep their exact text.
 
 `--fix` applies a fix only when the verifier confirmed the finding and verified the replacement in this run, and
 every other fix only with `--unsafe-fixes`. After writing, the file is analysed again. If it does not parse, still
@@ -19,7 +20,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from maskcheck.files import STDIN_PATH, ReadError, SourceFile
-from maskcheck.findings import Finding
+from maskcheck.findings import Finding, source_lines, text_in_range
 from maskcheck.report import CONFIRMED, FixState, PathProblem, Report, ReportedFinding
 from maskcheck.rewrite import StoredSource, normalise_newlines, read_stored, unified_diff, write_atomically
 
@@ -56,6 +57,7 @@ def locate(
         reason = "libcst cannot keep this file's lone \\r newlines, so it is not rewritten"
         return None, {}, {finding: reason for finding in findings}
     positions = wrapper.resolve(PositionProvider)
+    lines = source_lines(stored_text)
 
     by_range: Dict[Tuple[int, int, int, int], List[cst.CSTNode]] = {}
     wanted = {(f.line, f.col - 1, f.end_line, f.end_col - 1) for f in findings}
@@ -69,16 +71,22 @@ def locate(
         if finding.replacement is None:
             reasons[finding] = "the rule has no replacement for this expression"
             continue
-        candidates = by_range.get((finding.line, finding.col - 1, finding.end_line, finding.end_col - 1), [])
-        expected = _compact(finding.expression)
-        match = next((node for node in candidates if _compact(module.code_for_node(node)) == expected), None)
-        if match is None:
+        if finding.in_other_file:
+            reasons[finding] = other_file_note(finding)
+            continue
+        key = (finding.line, finding.col - 1, finding.end_line, finding.end_col - 1)
+        candidates = by_range.get(key, [])
+        if not candidates or text_in_range(lines, *key) != finding.expression:
+            # NOTE: a mask built in a module that the analysis could not locate also ends here, because such a
+            # finding has no `expression_path`. The analysis names that module "another module" in the message.
             reasons[finding] = (
-                "the flagged expression is not at this position in this file, because the mask is built in "
-                "another module or the file changed since it was checked"
+                "the flagged expression is not at this position in this file: the file changed since it was "
+                "checked, or the mask is built in another module; run maskcheck again"
             )
             continue
-        nodes[finding] = match
+        # The first node visited at this range is the outermost one. Parentheses around it are outside the range,
+        # and `apply_located` keeps them.
+        nodes[finding] = candidates[0]
     return module, nodes, reasons
 
 
@@ -129,12 +137,6 @@ class _Replacer(cst.CSTTransformer):
         return self.replacements.get(original_node, updated_node)
 
 
-def _compact(code: str) -> str:
-    """Drop all whitespace. A finding's expression is generated without the enclosing block's indentation, so the
-    lines of a multi-line expression may be indented differently than in the file."""
-    return "".join(code.split())
-
-
 def _contains(node: cst.CSTNode, target: cst.CSTNode) -> bool:
     stack = [node]
     while stack:
@@ -145,8 +147,16 @@ def _contains(node: cst.CSTNode, target: cst.CSTNode) -> bool:
     return False
 
 
-
-
+def other_file_note(finding: Finding) -> str:
+    """Say where the fix of a mask built in another module belongs, and why maskcheck leaves that file alone."""
+    expression = " ".join(finding.expression.split())
+    replacement = " ".join((finding.replacement or "").split())
+    return (
+        f"the mask is built in {finding.expression_path}:{finding.expression_line}:{finding.expression_col}, "
+        f"so the fix belongs in that file, which maskcheck does not change for a finding reported here because "
+        f"other callers of that code may need its current layout; check them, then replace `{expression}` with "
+        f"`{replacement}` there"
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -232,6 +242,7 @@ def apply_fixes(
         group = by_path[path]
         wanted = [r for r in group if r.fix is not None and r.fix.available and (r.fix.verified or unsafe)]
         not_applied.extend(r for r in group if r.fix is not None and r.fix.available and r not in wanted)
+        not_applied.extend(r for r in group if r.finding.in_other_file and r.finding.replacement is not None)
         if not wanted:
             continue
         source = sources[path]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import libcst as cst
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
@@ -13,7 +13,7 @@ from maskcheck.analysis.interpreter import MaskUse, ModuleInterpreter
 from maskcheck.analysis.names import source_text
 from maskcheck.analysis.project import ProjectIndex
 from maskcheck.chain import ChainStep, ReplayChain
-from maskcheck.findings import Finding
+from maskcheck.findings import Finding, source_lines, text_in_range
 from maskcheck.settings import Settings
 
 
@@ -43,10 +43,12 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
     # Positions cost a full pass over the tree, so they are computed only for modules with findings. The wrapper
     # must not copy the tree: the issues point at its nodes.
     positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    lines = source_lines(module.code)
     findings = []
     for issue in issues:
         where = positions.get(issue.node)
         message = issue.message
+        elsewhere: Optional[Tuple[str, CodeRange, str]] = None
         if where is None:
             # The layout was made in another module; report where the value enters this one.
             entry = issue.use.tensor.entry if issue.use is not None else None
@@ -56,7 +58,12 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
             quoted = " ".join(source_text(entry).split())
             if len(quoted) > 90:
                 quoted = quoted[:87] + "..."
-            message = f"`{quoted}` returns a mask built in {_locate(issue.node, project)}: {message}"
+            elsewhere = _locate(issue.node, project)
+            place = f"{elsewhere[0]}:{elsewhere[1].start.line}" if elsewhere is not None else "another module"
+            message = f"`{quoted}` returns a mask built in {place}: {message}"
+            expression = source_text(issue.node) if elsewhere is None else elsewhere[2]
+        else:
+            expression = text_in_range(lines, where.start.line, where.start.column, where.end.line, where.end.column)
         findings.append(
             Finding(
                 path=path,
@@ -66,22 +73,28 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
                 message=message,
                 end_line=where.end.line,
                 end_col=where.end.column + 1,
-                expression=source_text(issue.node),
+                expression=expression,
                 replacement=issue.replacement,
+                expression_path=elsewhere[0] if elsewhere is not None else "",
+                expression_line=elsewhere[1].start.line if elsewhere is not None else 0,
+                expression_col=elsewhere[1].start.column + 1 if elsewhere is not None else 0,
                 chain=_chain(issue, positions),
             )
         )
     return findings
 
 
-def _locate(node: cst.CSTNode, project: Optional[ProjectIndex]) -> str:
-    """Return `path:line` of a node in another module of the project."""
+def _locate(node: cst.CSTNode, project: Optional[ProjectIndex]) -> Optional[Tuple[str, CodeRange, str]]:
+    """Find a node in another module of the project: that module's display path, the node's range, and its exact
+    source text. None when no loaded module contains the node."""
     for context in project.loaded() if project is not None else ():
         positions = MetadataWrapper(context.module, unsafe_skip_copy=True).resolve(PositionProvider)
         where = positions.get(node)
         if where is not None:
-            return f"{_display_path(context.path)}:{where.start.line}"
-    return "another module"
+            lines = source_lines(context.module.code)
+            text = text_in_range(lines, where.start.line, where.start.column, where.end.line, where.end.column)
+            return _display_path(context.path), where, text
+    return None
 
 
 def _display_path(path: str) -> str:

@@ -45,10 +45,19 @@ def finding_object(reported: ReportedFinding) -> Dict[str, Any]:
         "location": {"line": finding.line, "column": finding.col},
         "end_location": {"line": finding.end_line, "column": finding.end_col},
         "expression": finding.expression,
+        "expression_location": _expression_location(finding),
         "replacement": finding.replacement,
         "fix": _fix_object(reported),
         "verdict": _verdict_object(reported),
     }
+
+
+def _expression_location(finding) -> Optional[Dict[str, Any]]:
+    """Return where the flagged expression is when it is in another file (a mask built in another module), else
+    None."""
+    if not finding.in_other_file:
+        return None
+    return {"path": finding.expression_path, "line": finding.expression_line, "column": finding.expression_col}
 
 
 def _fix_object(reported: ReportedFinding) -> Optional[Dict[str, Any]]:

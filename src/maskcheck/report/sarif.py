@@ -78,6 +78,18 @@ def _result(reported: ReportedFinding, rule_index: Dict[str, int]) -> Dict[str, 
     }
     if finding.code in rule_index:
         result["ruleIndex"] = rule_index[finding.code]
+    if finding.in_other_file:
+        # The mask is built in another module: point there too, where the fix belongs.
+        result["relatedLocations"] = [
+            {
+                "id": 1,
+                "message": {"text": "the mask is built here"},
+                "physicalLocation": {
+                    "artifactLocation": _artifact(finding.expression_path),
+                    "region": {"startLine": finding.expression_line, "startColumn": finding.expression_col},
+                },
+            }
+        ]
     if reported.fix is not None and reported.fix.available and finding.replacement is not None:
         result["fixes"] = [
             {
