@@ -203,20 +203,37 @@ def test_fix_writes_through_symbolic_link(project, run_cli):
 def test_fix_replaces_multiline_expression(project, run_cli):
     source = BUGGY_BLOCK.replace(
         "        mask = mask.repeat(self.num_heads, 1, 1)\n",
-        "        mask = mask.repeat(  # one copy per head\n            self.num_heads, 1, 1\n        )  # expanded\n",
+        "        mask = mask.repeat(\n            self.num_heads, 1, 1\n        )  # expanded\n",
     )
     path = project / "block.py"
     path.write_text(source)
 
     run_cli(["--fix", "--unsafe-fixes", "block.py"])
 
-    # The whole flagged expression is replaced, the comment inside it too; the code around it keeps its text.
+    # The whole flagged expression is replaced; the code and the comment after it keep their text.
     expected = BUGGY_BLOCK.replace(
         "        mask = mask.repeat(self.num_heads, 1, 1)\n",
         "        mask = mask.repeat_interleave(self.num_heads, dim=0)  # expanded\n",
     )
     assert path.read_text() == expected
     assert run_cli(["block.py"]).code == 0
+
+
+def test_fix_skips_expression_with_comment(project, run_cli):
+    source = BUGGY_BLOCK.replace(
+        "        mask = mask.repeat(self.num_heads, 1, 1)\n",
+        "        mask = mask.repeat(  # one copy per head\n            self.num_heads, 1, 1\n        )\n",
+    )
+    path = project / "block.py"
+    path.write_text(source)
+
+    result = run_cli(["--fix", "--unsafe-fixes", "block.py"])
+
+    # A replacement would drop the comment, so the file stays as it was and the run names the edit to make.
+    assert path.read_text() == source
+    assert result.code == 1
+    assert "contains a comment" in result.err
+    assert "mask.repeat_interleave(self.num_heads, dim=0)" in result.err
 
 
 def test_syntax_error_file_is_never_touched(project, run_cli):

@@ -84,6 +84,12 @@ def locate(
                 "checked, or the mask is built in another module; run maskcheck again"
             )
             continue
+        if _has_comment(candidates[0]):
+            reasons[finding] = (
+                "the flagged expression contains a comment, which the replacement would drop; "
+                f"replace it by hand with `{finding.replacement}`"
+            )
+            continue
         # The first node visited at this range is the outermost one. Parentheses around it are outside the range,
         # and `apply_located` keeps them.
         nodes[finding] = candidates[0]
@@ -135,6 +141,16 @@ class _Replacer(cst.CSTTransformer):
 
     def on_leave(self, original_node, updated_node):
         return self.replacements.get(original_node, updated_node)
+
+
+def _has_comment(node: cst.CSTNode) -> bool:
+    stack: List[cst.CSTNode] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.Comment):
+            return True
+        stack.extend(current.children)
+    return False
 
 
 def _contains(node: cst.CSTNode, target: cst.CSTNode) -> bool:
@@ -242,7 +258,8 @@ def apply_fixes(
         group = by_path[path]
         wanted = [r for r in group if r.fix is not None and r.fix.available and (r.fix.verified or unsafe)]
         not_applied.extend(r for r in group if r.fix is not None and r.fix.available and r not in wanted)
-        not_applied.extend(r for r in group if r.finding.in_other_file and r.finding.replacement is not None)
+        # A replacement that cannot be applied here (built in another module, a comment inside, a changed file).
+        not_applied.extend(r for r in group if r.fix is not None and not r.fix.available and r.finding.replacement)
         if not wanted:
             continue
         source = sources[path]
