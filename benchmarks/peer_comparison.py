@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -58,8 +59,8 @@ PLOT_NAME = "benchmarks-scaling.png"
 MASKCHECK_COLD = "maskcheck cold"
 MASKCHECK_WARM = "maskcheck warm"
 FLAKE8_MSK_ONLY = "flake8 --select MSK"
-FLAKE8_WITH = "flake8, maskcheck installed"
-FLAKE8_WITHOUT = "flake8, maskcheck not installed"
+FLAKE8_WITH = "flake8 (maskcheck installed)"
+FLAKE8_WITHOUT = "flake8 (maskcheck not installed)"
 TORCHFIX = "TorchFix"
 RUFF = "ruff --select ALL --no-cache"
 
@@ -270,6 +271,27 @@ def compare(tools: Tools, corpora: Dict[str, List[Path]], roots: Dict[str, Path]
     return results
 
 
+ROUND_LINE = re.compile(
+    r"^(?P<corpus>\S+) round \d+: (?P<tool>.+?): (?P<wall>[\d.]+) s wall, (?P<cpu>[\d.]+) s CPU, "
+    r"(?P<peak>[\d.]+) MB, exit (?P<exit>-?\d+)$"
+)
+
+
+def results_from_log(path: Path, files: Dict[str, int]) -> List[ToolResult]:
+    """Read the per-round lines that an earlier run printed, for the corpora in `files`."""
+    by_key: Dict[Tuple[str, str], ToolResult] = {}
+    for line in path.read_text().splitlines():
+        match = ROUND_LINE.match(line)
+        if match is None or match["corpus"] not in files:
+            continue
+        key = (match["corpus"], match["tool"])
+        result = by_key.setdefault(key, ToolResult(match["corpus"], match["tool"], files[match["corpus"]]))
+        result.runs.append(
+            Measurement(float(match["wall"]), float(match["cpu"]), float(match["peak"]), int(match["exit"]))
+        )
+    return list(by_key.values())
+
+
 def scale_run(tools: Tools, source: Path, counts: Sequence[int], workdir: Path, runs: int, logs: Path
               ) -> List[ToolResult]:
     """Time maskcheck cold on `counts` files made of whole copies of `source`, and cut from the last copy."""
@@ -428,7 +450,7 @@ def main() -> None:
     parser.add_argument("--corpora", default=",".join(CORPORA), help="comma-separated names from: " + ", ".join(CORPORA))
     parser.add_argument("--sample", action="append", default=[], metavar="NAME=N", help="check about N files of NAME")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tools", default="all", help="comma-separated tool names to run (default: all)")
+    parser.add_argument("--tools", default="all", help="tool names to run, separated by commas (default: all)")
     parser.add_argument("--torchfix", required=True, help="TorchFix's command, in its own environment")
     parser.add_argument("--flake8-without", required=True, help="python of an environment with flake8, no maskcheck")
     parser.add_argument("--ruff", default=shutil.which("ruff") or "ruff")
@@ -438,6 +460,12 @@ def main() -> None:
     parser.add_argument("--scale-runs", type=int, default=1)
     parser.add_argument("--docs", type=Path, help="markdown file to write the tables into")
     parser.add_argument("--json", type=Path, help="file to write every measurement into")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="LOG",
+        help="standard output of an earlier run with the same options: corpora it finished are not run again",
+    )
     options = parser.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -467,7 +495,14 @@ def main() -> None:
     imports = import_check(sys.executable, tools.env(FLAKE8_WITH))
     print(f"plugin import: torch imported {imports[0]}, {imports[1]:.0f} ms", flush=True)
 
-    results = compare(tools, corpora, roots, options.runs, logs, only)
+    earlier: List[ToolResult] = []
+    if options.resume is not None:
+        earlier = results_from_log(options.resume, {name: len(files) for name, files in corpora.items()})
+        finished = {result.corpus for result in earlier if len(result.runs) >= options.runs}
+        earlier = [result for result in earlier if result.corpus in finished]
+        corpora = {name: files for name, files in corpora.items() if name not in finished}
+        print(f"taken from {options.resume}: {', '.join(sorted(finished)) or 'nothing'}", flush=True)
+    results = earlier + compare(tools, corpora, roots, options.runs, logs, only)
     scaled: List[ToolResult] = []
     plotted = None
     if options.scale:
