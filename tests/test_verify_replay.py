@@ -588,3 +588,49 @@ def test_head_count_inside_view_is_bound():
     assert findings[0].chain.sizes.get("self.num_heads") == "H"
     verdict = verify_findings(findings)[0]
     assert verdict.status == "confirmed", verdict.reason
+
+
+MASKED_FILL_MODULE = (
+    "import torch\n"
+    "import torch.nn as nn\n"
+    "\n"
+    "class Block(nn.Module):\n"
+    "    def __init__(self, dim, num_heads):\n"
+    "        super().__init__()\n"
+    "        self.num_heads = num_heads\n"
+    "        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)\n"
+    "\n"
+    "    def forward(self, x, mask):\n"
+    "        {statement}\n"
+    "        return self.attn(x, x, x, attn_mask=additive)[0]\n"
+)
+
+
+def _verified_findings(statement: str):
+    from maskcheck.engine import check_source
+
+    module = MASKED_FILL_MODULE.replace("{statement}", statement)
+    findings = [finding for finding in check_source(module, "block.py") if finding.code == "MSK101"]
+    return findings, verify_findings(findings)
+
+
+def test_fix_replayed_at_its_own_occurrence():
+    # The flagged text occurs twice in the step. Fixing one occurrence leaves the other head-major, so neither fix
+    # alone may count as verified; replaying the whole step as the replacement hid that.
+    findings, verdicts = _verified_findings(
+        "additive = mask.repeat(self.num_heads, 1, 1).float().masked_fill(mask.repeat(self.num_heads, 1, 1), -1e4)"
+    )
+    assert [finding.col for finding in findings] == [20, 74]
+    assert [verdict.status for verdict in verdicts] == ["confirmed", "confirmed"]
+    assert [verdict.fix_verified for verdict in verdicts] == [False, False]
+
+
+def test_zeros_like_and_where_replay():
+    for statement in (
+        "additive = torch.zeros_like(mask.repeat(self.num_heads, 1, 1), dtype=torch.float)"
+        ".masked_fill(mask.repeat(self.num_heads, 1, 1), float('-inf'))",
+        "additive = torch.where(mask.repeat(self.num_heads, 1, 1), float('-inf'), 0.0)",
+    ):
+        findings, verdicts = _verified_findings(statement)
+        assert findings, statement
+        assert all(verdict.status == "confirmed" for verdict in verdicts), [v.reason for v in verdicts]

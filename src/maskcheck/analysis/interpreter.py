@@ -1258,6 +1258,8 @@ class ModuleInterpreter:
             if positional:
                 return (Size(frozenset({compact_text(node)})),)
             return (ShapeOf(compact_text(method.node.value), tensor),)
+        if name == "masked_fill" and positional:
+            return self._masked_fill(tensor, positional[0], scope)
         if name in _CONTIGUOUS_RESULT_METHODS:
             return (tensor.with_axes(tensor.axes, contiguous=True),)
         if name in _VIEW_OR_IN_PLACE_METHODS:
@@ -1271,6 +1273,22 @@ class ModuleInterpreter:
         # An unknown object's method (`block.attend(x, attn_mask=m)`) may be a wrapper around the layer.
         self._check_wrapper(node, scope, compact_text(node.func))
         return (Tensor(None, source=label_text(node)),)
+
+    def _masked_fill(self, tensor: Tensor, mask_node: cst.BaseExpression, scope: Scope) -> Alternatives:
+        """`t.masked_fill(mask, value)`: a fresh tensor whose content follows the receiver and the mask alike.
+
+        `zeros.masked_fill(mask.repeat(H, 1, 1), -inf)` is as head-major as its mask, so a mask argument of the
+        result's rank is kept as a second alternative. A broadcast mask of lower rank is left out.
+        """
+        result: Alternatives = (tensor.with_axes(tensor.axes, contiguous=True),)
+        masks = [
+            value
+            for value in self.evaluate(mask_node, scope)
+            if isinstance(value, Tensor)
+            and value.axes is not None
+            and (tensor.axes is None or len(tensor.axes) == len(value.axes))
+        ]
+        return join(result, tuple(mask.with_axes(mask.axes, contiguous=True) for mask in masks))
 
     def _evaluate_arguments(self, node: cst.Call, scope: Scope) -> None:
         # Arguments can hold consumer calls of their own; their values are read again where needed.

@@ -55,8 +55,11 @@ def _verify_one(runtime, finding) -> Verdict:
     expression = getattr(finding, "expression", "")
     if getattr(finding, "replacement", None) != chain.replacement:
         expression = ""
+    # A mask built in another module is flagged there, so this file's position says nothing about the step.
+    line, column = getattr(finding, "line", 0), getattr(finding, "col", 0)
+    in_this_file = line > 0 and not getattr(finding, "in_other_file", False)
     try:
-        return runtime.verify(chain, expression)
+        return runtime.verify(chain, expression, (line, column) if in_this_file else None)
     except Exception as error:  # noqa: BLE001 - one bad chain must not stop the other findings' verdicts
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return Verdict(

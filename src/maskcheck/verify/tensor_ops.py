@@ -3,7 +3,7 @@
 The allow-list is the set of layout operations the static analyser models. Expansion: repeat, tile, expand,
 broadcast_to, repeat_interleave, index_select, cat, stack, einops.repeat. Reshaping: view, reshape, flatten,
 unflatten, squeeze, unsqueeze, transpose, permute, einops.rearrange. Operations that keep the layout: casts, `.to`,
-`.type`, masked_fill, detach, clone, contiguous. torch itself validates the arguments and its errors
+`.type`, masked_fill, torch.where, detach, clone, contiguous, and zeros_like, ones_like and full_like. torch itself validates the arguments and its errors
 become ReplayError, so a chain that would crash at run time is reported with torch's own message.
 """
 
@@ -201,6 +201,13 @@ class TensorOps:
             return self.run(node, lambda: self.torch.full(*args, **kwargs))
         if name == "finfo":
             return self.run(node, lambda: self.torch.finfo(*args, **kwargs))
+        if name in ("zeros_like", "ones_like", "full_like"):
+            # The result has the input's shape, so it is no larger than a tensor the replay already holds.
+            if not (args and self.is_tensor(args[0])):
+                raise ReplayError(short_text(node), "has no tensor as its first argument", node)
+            return self.run(node, lambda: getattr(self.torch, name)(*args, **kwargs))
+        if name == "where":
+            return self._where(node, args, kwargs)
         if name in _FUNCTION_FORMS:
             if args:
                 tensor = args.pop(0)
@@ -210,6 +217,15 @@ class TensorOps:
                 raise ReplayError(short_text(node), "has no tensor as its first argument", node)
             return self.tensor_method(node, tensor, name, args, kwargs)
         raise ReplayError(short_text(node), f"calls `{qualname}`, which is not in the replay allow-list", node)
+
+    def _where(self, node: cst.Call, args: List[Any], kwargs: Dict[str, Any]) -> Any:
+        """`torch.where(condition, input, other)`, each a tensor or a number, after checking the broadcast shape."""
+        if kwargs or len(args) != 3 or not self.is_tensor(args[0]):
+            raise ReplayError(short_text(node), "does not pass torch.where a condition tensor and two values", node)
+        shapes = [tuple(value.shape) for value in args if self.is_tensor(value)]
+        for other in shapes[1:]:
+            self.check_broadcast(node, shapes[0], other)
+        return self.run(node, lambda: self.torch.where(*args))
 
     def _einops(self, node: cst.Call, qualname: str, args: List[Any], kwargs: Dict[str, Any]) -> Any:
         if self.einops is None:

@@ -68,11 +68,14 @@ class Runtime:
 
     # -- one chain ------------------------------------------------------------------------------------------
 
-    def verify(self, chain: ReplayChain, flagged_expression: str = "") -> Verdict:
+    def verify(
+        self, chain: ReplayChain, flagged_expression: str = "", expression_at: Optional[Tuple[int, int]] = None
+    ) -> Verdict:
         """Replay `chain` (and its replacement) in every configuration and decide the verdict.
 
         `flagged_expression` is the source text that `chain.replacement` replaces (a finding's `expression`), for
-        when it is only part of the flagged step's expression. Without it the replacement stands for the whole step.
+        when it is only part of the flagged step's expression, and `expression_at` its 1-based (line, column) in the
+        file. Without `flagged_expression` the replacement stands for the whole step.
         """
         if chain.source_kind not in consumers.SOURCE_KINDS:
             return Verdict(
@@ -99,20 +102,32 @@ class Runtime:
         outcomes = [
             self._replay(chain, steps, spec, base, None, flagged_expression, map_slots=True) for base in CONFIGURATIONS
         ]
-        fix_verified = self._fix_verified(chain, steps, spec, flagged_expression)
+        fix_verified = self._fix_verified(chain, steps, spec, flagged_expression, expression_at)
         verdict = _decide(chain.source_kind, spec, outcomes)
         verdict.fix_verified = fix_verified
         if spec.note:
             verdict.reason = f"{verdict.reason} {spec.note}"
         return verdict
 
-    def _fix_verified(self, chain: ReplayChain, steps: List[Step], spec: ConsumerSpec, flagged_expression: str) -> bool:
+    def _fix_verified(
+        self,
+        chain: ReplayChain,
+        steps: List[Step],
+        spec: ConsumerSpec,
+        flagged_expression: str,
+        expression_at: Optional[Tuple[int, int]],
+    ) -> bool:
         if chain.replacement is None or not 0 <= chain.flagged_step < len(steps):
             return False
-        code = steps[chain.flagged_step].code
-        if flagged_expression and flagged_expression != code and code.count(flagged_expression) == 1:
-            # `x.reshape(...).to(device)` flagged at `x.reshape(...)`: keep the rest of the step.
-            code = code.replace(flagged_expression, chain.replacement)
+        step = steps[chain.flagged_step]
+        code = step.code
+        if flagged_expression and flagged_expression != code:
+            # `x.reshape(...).to(device)` flagged at `x.reshape(...)`: replace that expression where the fix will,
+            # and keep the rest of the step. The same text may occur twice in a step, so place it by position.
+            start = _offset_in_step(step, code, flagged_expression, expression_at)
+            if start is None:
+                return False
+            code = code[:start] + chain.replacement + code[start + len(flagged_expression) :]
         else:
             code = chain.replacement
         replacement = (chain.flagged_step, code)
@@ -315,3 +330,22 @@ def get_runtime() -> Runtime:
             einops = None
         _RUNTIME = Runtime(torch, einops)
     return _RUNTIME
+
+
+def _offset_in_step(
+    step: Step, code: str, expression: str, expression_at: Optional[Tuple[int, int]]
+) -> Optional[int]:
+    """Return where `expression` starts inside the step's `code`, or None when that cannot be told for sure."""
+    if expression_at is None:
+        return code.index(expression) if code.count(expression) == 1 else None
+    line, column = expression_at
+    lines = code.split("\n")
+    row = line - step.line
+    if not 0 <= row < len(lines):
+        return None
+    # The step's first line starts at the step's column; later lines start at column 1 of the file.
+    start_column = column - step.col if row == 0 else column - 1
+    if start_column < 0:
+        return None
+    offset = sum(len(text) + 1 for text in lines[:row]) + start_column
+    return offset if code[offset : offset + len(expression)] == expression else None
