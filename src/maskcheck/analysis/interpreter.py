@@ -33,7 +33,7 @@ from maskcheck.analysis.consumers import (
 )
 from maskcheck.analysis.names import compact_text, dotted_name, label_text, source_text
 from maskcheck.analysis.project import ModuleContext, ProjectIndex
-from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH
+from maskcheck.settings import DEFAULT_HEAD_COUNT_NAMES, DEFAULT_MAX_CALL_DEPTH
 from maskcheck.analysis.values import (
     BATCH_SIZE_NAMES,
     REST_TERMS,
@@ -504,9 +504,11 @@ class ModuleInterpreter:
                 scope.values[name] = passed_keywords.pop(name)
             else:
                 scope.values[name] = (Tensor(None, source=name),)
+            _bind_passed_size(scope, name)
         for param in function.params.kwonly_params:
             name = param.name.value
             scope.values[name] = passed_keywords.pop(name, None) or (Tensor(None, source=name),)
+            _bind_passed_size(scope, name)
         star = function.params.star_arg
         if isinstance(star, cst.Param):
             scope.values[star.name.value] = (SequenceValue(tuple(passed_positional)),)
@@ -569,10 +571,28 @@ class ModuleInterpreter:
                     if isinstance(value, SequenceValue):
                         positional.extend(value.items)
             elif arg.keyword is not None:
-                keywords.append((arg.keyword.value, _record_step(self.evaluate(arg.value, scope), None, arg.value)))
+                value = self._with_passed_size(self.evaluate(arg.value, scope), arg.value, scope)
+                keywords.append((arg.keyword.value, _record_step(value, None, arg.value)))
             else:
-                positional.append(_record_step(self.evaluate(arg.value, scope), None, arg.value))
+                value = self._with_passed_size(self.evaluate(arg.value, scope), arg.value, scope)
+                positional.append(_record_step(value, None, arg.value))
         return BoundArguments(tuple(positional[skip:]), tuple(keywords))
+
+    def _with_passed_size(self, values: Alternatives, node: cst.BaseExpression, scope: Scope) -> Alternatives:
+        """Add the argument's Size when it is known to be a count, so the callee's parameter keeps the caller's
+        texts: `expand(mask, num_heads)` makes `times` in `def expand(mask, times)` the head count.
+
+        Only literals, names the caller bound to a size, and head-count names qualify. Any other name could be a
+        tensor, and a Size on it would split the callee's summaries by the caller's variable names.
+        """
+        if isinstance(node, cst.Integer):
+            return join(values, (self.size_of(node, scope),))
+        text = dotted_name(node)
+        if text is None or not isinstance(node, (cst.Name, cst.Attribute)):
+            return values
+        if scope.lookup_size(text) is None and text.rsplit(".", 1)[-1] not in DEFAULT_HEAD_COUNT_NAMES:
+            return values
+        return join(values, (self.size_of(node, scope),))
 
     # -----------------------------------------------------------------------------------------------------------
     # Statements
@@ -1721,6 +1741,14 @@ def _record_step(value: Alternatives, target: Optional[str], node: cst.BaseExpre
 
 def _is_plain_reference(node: cst.CSTNode) -> bool:
     return isinstance(node, cst.Name) or (isinstance(node, cst.Attribute) and dotted_name(node) is not None)
+
+
+def _bind_passed_size(scope: Scope, name: str) -> None:
+    """Give a parameter the size texts of the count the caller passed (see `_with_passed_size`)."""
+    sizes = [value for value in scope.values[name] if isinstance(value, Size)]
+    if sizes:
+        size = sizes[0]
+        scope.sizes[name] = Size(size.texts | {name}, size.terms, size.value, size.parts)
 
 
 def _is_size_expression(node: cst.BaseExpression) -> bool:

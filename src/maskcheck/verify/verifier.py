@@ -335,17 +335,21 @@ def get_runtime() -> Runtime:
 def _offset_in_step(
     step: Step, code: str, expression: str, expression_at: Optional[Tuple[int, int]]
 ) -> Optional[int]:
-    """Return where `expression` starts inside the step's `code`, or None when that cannot be told for sure."""
+    """Return where `expression` starts inside the step's `code`, or None when that cannot be told for sure.
+
+    The finding's position decides. When it does not point into the step, a text that occurs once still does.
+    """
+    unique = code.index(expression) if code.count(expression) == 1 else None
     if expression_at is None:
-        return code.index(expression) if code.count(expression) == 1 else None
+        return unique
     line, column = expression_at
     lines = code.split("\n")
     row = line - step.line
     if not 0 <= row < len(lines):
-        return None
+        return unique
     # The step's first line starts at the step's column; later lines start at column 1 of the file.
     start_column = column - step.col if row == 0 else column - 1
-    if start_column < 0:
-        return None
     offset = sum(len(text) + 1 for text in lines[:row]) + start_column
-    return offset if code[offset : offset + len(expression)] == expression else None
+    if start_column >= 0 and code[offset : offset + len(expression)] == expression:
+        return offset
+    return unique
