@@ -32,7 +32,7 @@ def findings_of(path: Path, settings: Settings, prefilter: bool, monkeypatch) ->
     """Return the findings of one file, with or without the pre-filter, as comparable tuples."""
     with monkeypatch.context() as patch:
         if not prefilter:
-            patch.setattr(engine, "_may_have_findings", lambda source, path, settings: True)
+            patch.setattr(engine, "_may_have_findings", lambda *arguments: True)
         try:
             found = check_source(decode_source(path.read_bytes()), str(path), settings)
         except (SourceError, ReadError) as error:
@@ -129,16 +129,10 @@ STYLES = {
     "no_import": ("gen/sub", "", "", "nn.Identity", False),
 }
 
-# Import spellings that the analysis follows and that the pre-filter's line-based patterns do not see. The analysis
-# searches the file's own folder and the folder that contains its top package for absolute imports, and it reads
-# imports after a semicolon, in a one-line compound statement and across a backslash continuation.
-MISSED_BY_PREFILTER = {
-    "own_folder_sibling": "an absolute import of a module in the file's own folder is followed",
-    "beside_top_package": "an absolute import of a module beside the top package is followed",
-    "after_semicolon": "the import pattern only matches at the start of a line",
-    "one_line_if": "the import pattern only matches at the start of a line",
-    "backslash_continuation": "the relative-import pattern needs a dot right after `from` and spaces",
-}
+# Import spellings that the earlier line-based patterns of the pre-filter missed, although the analysis follows
+# them. The analysis searches the file's own folder and the folder that contains its top package for absolute
+# imports. It reads imports after a semicolon, in a one-line compound statement and across a backslash continuation.
+FORMERLY_MISSED = ("own_folder_sibling", "beside_top_package", "after_semicolon", "one_line_if", "backslash_continuation")
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +157,7 @@ def sample(tmp_path_factory) -> Path:
     return root
 
 
-def _style_params():
-    params = []
-    for style in STYLES:
-        marks = ()
-        if style in MISSED_BY_PREFILTER:
-            marks = pytest.mark.xfail(strict=True, reason=f"pre-filter misses it: {MISSED_BY_PREFILTER[style]}")
-        params.append(pytest.param(style, marks=marks, id=style))
-    return params
-
-
-@pytest.mark.parametrize("style", _style_params())
+@pytest.mark.parametrize("style", list(STYLES))
 def test_generated_caller_same_with_and_without_prefilter(sample, style, monkeypatch):
     folder, _, _, _, reaches_layer = STYLES[style]
     head_major = sample / folder / f"caller_{style}_head_major.py"
@@ -188,6 +172,37 @@ def test_generated_caller_same_with_and_without_prefilter(sample, style, monkeyp
     assert findings_of(batch_major, Settings(), True, monkeypatch) == findings_of(
         batch_major, Settings(), False, monkeypatch
     )
+
+
+def test_formerly_missed_imports_pass_prefilter(sample):
+    for style in FORMERLY_MISSED:
+        folder = STYLES[style][0]
+        path = sample / folder / f"caller_{style}_head_major.py"
+        assert engine._may_have_findings(path.read_text(), str(path), Settings()), style
+
+
+def test_torch_tree_imports_skipped(tmp_path, monkeypatch):
+    """The analysis never reads modules under `torch.`, so relative imports inside a `torch` package do not count."""
+    package = tmp_path / "torch" / "nn"
+    package.mkdir(parents=True)
+    (tmp_path / "torch" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "mixer.py").write_text(LAYER)
+    caller = package / "caller.py"
+    caller.write_text(CALLER.format(imports="from .mixer import TokenMixer", init_imports="", layer="TokenMixer",
+                                    expansion=HEAD_MAJOR))
+
+    assert not engine._may_have_findings(caller.read_text(), str(caller), Settings())
+    assert findings_of(caller, Settings(), False, monkeypatch) == []
+
+
+def test_import_of_folder_without_init_passes(tmp_path):
+    """A folder without `__init__.py` beside the file can still hold a module that an import names."""
+    (tmp_path / "blocks").mkdir()
+    caller = tmp_path / "caller.py"
+    caller.write_text("import blocks.mixer\n")
+
+    assert engine._may_have_findings(caller.read_text(), str(caller), Settings())
 
 
 def test_generated_sample_without_following_imports(sample, monkeypatch):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
+import ast
 import sys
-from typing import List, Optional
+from typing import List, Optional, Set
 
 from maskcheck.analysis.consumers import CONSUMER_TOKENS
 from maskcheck.analysis.module import analyse_module
-from maskcheck.analysis.project import module_name_for
+from maskcheck.analysis.project import module_name_for, package_of, search_roots
 from maskcheck.findings import Finding, SourceError
 from maskcheck.parsing import TOO_DEEP, check_syntax_and_depth, parse_module
 from maskcheck.settings import Settings
@@ -29,8 +29,8 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
 
     # The stdlib parser goes first: it is several times faster than libcst, it reports syntax errors for files
     # the analysis skips, and it measures nesting, which libcst cannot survive past about 1,500 levels.
-    check_syntax_and_depth(source)
-    if not _may_have_findings(source, path, settings):
+    tree = check_syntax_and_depth(source)
+    if not _may_have_findings(source, path, settings, tree):
         return []
 
     old_limit = sys.getrecursionlimit()
@@ -54,25 +54,62 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     return sorted(set(findings), key=Finding.sort_key)
 
 
-def _may_have_findings(source: str, path: str, settings: Settings) -> bool:
+def _may_have_findings(source: str, path: str, settings: Settings, tree: Optional[ast.Module] = None) -> bool:
     """Return False only when the module provably has no finding, so the expensive parse can be skipped.
 
-    A finding needs a consumer call, either in this module (which then names a consumer or `attn_mask`) or in
-    project code it calls, which it must import: by a relative import or by its own top package's name.
+    A finding needs a consumer call: an attention layer, `multi_head_attention_forward` or a call with an
+    `attn_mask` argument. Every such call in this module names one of CONSUMER_TOKENS in its text. A consumer call
+    in other project code is reached only through `ProjectIndex.find`, and the analysis looks up only dotted names
+    that an import of this module starts (the names of other modules come from those modules, which must be found
+    first). A lookup `a.b.c` finds a file only when a search root contains `a.py` or a folder `a`, and names under
+    `torch.` and `einops.` are never looked up. So when no import of this module, at any nesting level, starts
+    with a name that exists in a search root, the analysis reads no other module and the module has no finding.
     """
     if any(token in source for token in CONSUMER_TOKENS):
         return True
     if not settings.follow_imports:
         return False
-    if _RELATIVE_IMPORT.search(source):
-        return True
-    module_name, _ = module_name_for(path)
-    if module_name is None or "." not in module_name:
-        # A top-level script can import its sibling modules by any name.
-        return _ANY_IMPORT.search(source) is not None
-    top_package = module_name.split(".")[0]
-    return re.search(rf"^\s*(from|import)\s+{re.escape(top_package)}\b", source, re.MULTILINE) is not None
+    module_name, root = module_name_for(path)
+    if root is None:
+        # Not a file on disk: the analysis follows no import.
+        return False
+    if tree is None:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return True
+    roots = search_roots(path, root)
+    package = package_of(module_name, path)
+    for first in _imported_top_names(tree, package):
+        if first in _NEVER_FOLLOWED:
+            continue
+        if any((folder / first).is_dir() or (folder / f"{first}.py").is_file() for folder in roots):
+            return True
+    return False
 
 
-_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.", re.MULTILINE)
-_ANY_IMPORT = re.compile(r"^\s*(from|import)\s+\w", re.MULTILINE)
+# Top-level names whose modules the analysis never reads (see `ModuleInterpreter._project_object`).
+_NEVER_FOLLOWED = frozenset({"torch", "einops"})
+
+
+def _imported_top_names(tree: ast.Module, package: Optional[str]) -> Set[str]:
+    """Return the first part of every absolute module name that an import anywhere in the tree names.
+
+    Relative imports are resolved against `package` as `ImportTable` resolves them; one that leaves the package,
+    or that appears outside any package, binds no name the analysis resolves.
+    """
+    names: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if node.module:
+                    names.add(node.module.split(".")[0])
+                continue
+            if package is None:
+                continue
+            parts = package.split(".")
+            if node.level - 1 < len(parts):
+                names.add(parts[0])
+    return names

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+from typing import Optional
 
 import libcst as cst
 
@@ -21,7 +22,11 @@ TOO_DEEP = (
 )
 
 
-def check_syntax_and_depth(source: str) -> None:
+def check_syntax_and_depth(source: str) -> Optional[ast.Module]:
+    """Raise SourceError for invalid or too deeply nested Python; return the stdlib tree when the stdlib parses it.
+
+    Returns None for a file that only libcst parses (newer grammar than the running Python).
+    """
     try:
         tree = ast.parse(source)
     except SyntaxError as error:
@@ -38,11 +43,12 @@ def check_syntax_and_depth(source: str) -> None:
                 f"syntax error at line {error.lineno}, column {error.offset or 0}: {error.msg}; "
                 "maskcheck reads Python 3 only, so fix the syntax or exclude the file"
             ) from None
-        return
+        return None
     except (RecursionError, MemoryError):
         raise SourceError(TOO_DEEP) from None
     if _ast_depth(tree) > MAX_NESTING_DEPTH:
         raise SourceError(TOO_DEEP)
+    return tree
 
 
 def _ast_depth(tree: ast.AST) -> int:

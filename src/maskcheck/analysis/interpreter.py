@@ -325,6 +325,11 @@ class ModuleInterpreter:
         self._methods: Dict[Tuple[int, str], Optional[cst.FunctionDef]] = {}
         self._call_stack: List[cst.FunctionDef] = []
         self._returns: List[List[Alternatives]] = []
+        # Nodes the analysis builds itself (`checkpoint(f, x)` rewritten to `f(x)`) stay alive for the whole run,
+        # so that no later node reuses the id that `_memo` stored their value under.
+        self._built_nodes: List[cst.CSTNode] = []
+        # Statements interpreted so far, over all modules: a deterministic measure of the analysis work.
+        self.statements_run = 0
 
     # -----------------------------------------------------------------------------------------------------------
     # Scopes
@@ -602,6 +607,7 @@ class ModuleInterpreter:
             self._run_statement(statement, scope, functions, classes)
 
     def _run_statement(self, statement: cst.CSTNode, scope: Scope, functions, classes) -> None:
+        self.statements_run += 1
         self._memo.clear()
         if isinstance(statement, cst.SimpleStatementLine):
             for small in statement.body:
@@ -1359,6 +1365,7 @@ class ModuleInterpreter:
         if name in _CALLS_FIRST_ARGUMENT and positional:
             # checkpoint(fn, *args) calls fn(*args).
             forwarded = node.with_changes(func=positional[0], args=node.args[1:])
+            self._built_nodes.append(forwarded)
             return self._evaluate_Call(forwarded, scope)
         if name in ("torch.cat", "torch.concat", "torch.concatenate", "torch.stack"):
             return self._join_tensors(name, node, positional, keywords, scope)

@@ -34,7 +34,33 @@ def source_text(node: cst.CSTNode) -> str:
 
 def compact_text(node: cst.CSTNode) -> str:
     """Return the node's text with all whitespace removed, for comparing expressions (`self.num_heads`)."""
+    # Most called expressions are names and attribute chains without brackets or spacing. Generating their code
+    # took a tenth of the analysis time on a transformers 5.25 model file (cProfile, modeling_afmoe.py).
+    plain = _plain_dotted_name(node)
+    if plain is not None:
+        return plain
     return "".join(source_text(node).split())
+
+
+def _plain_dotted_name(node: cst.CSTNode) -> Optional[str]:
+    """Return `a.b.c` for a Name or Attribute chain whose source text is exactly that, else None."""
+    if isinstance(node, cst.Name):
+        return None if node.lpar or node.rpar else node.value
+    if isinstance(node, cst.Attribute):
+        if node.lpar or node.rpar or node.attr.lpar or node.attr.rpar:
+            return None
+        dot = node.dot
+        if not isinstance(dot, cst.Dot) or not _is_empty_space(dot.whitespace_before):
+            return None
+        if not _is_empty_space(dot.whitespace_after):
+            return None
+        base = _plain_dotted_name(node.value)
+        return None if base is None else f"{base}.{node.attr.value}"
+    return None
+
+
+def _is_empty_space(whitespace: cst.BaseParenthesizableWhitespace) -> bool:
+    return isinstance(whitespace, cst.SimpleWhitespace) and whitespace.value == ""
 
 
 def label_text(node: cst.BaseExpression) -> str:

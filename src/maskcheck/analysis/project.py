@@ -1,7 +1,8 @@
 """The modules of the analysed project: dotted names from paths, and on-demand parsing of imported modules.
 
 A call into another module of the project (`from .layers import Block`) is followed by parsing that module when it
-is first needed. Parsed modules are kept for the rest of the run, keyed by path and content.
+is first needed. Parsed modules are kept between the files of one process in a cache bounded by source size,
+keyed by path, dotted name and content.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class ModuleContext:
 
     @classmethod
     def build(cls, module: cst.Module, name: Optional[str], path: str) -> "ModuleContext":
-        package = _package_of(name, path)
+        package = package_of(name, path)
         context = cls(module, name, path, ImportTable.from_module(module, package))
         for statement in module.body:
             if isinstance(statement, cst.FunctionDef):
@@ -47,7 +48,8 @@ class ModuleContext:
         return context
 
 
-def _package_of(name: Optional[str], path: str) -> Optional[str]:
+def package_of(name: Optional[str], path: str) -> Optional[str]:
+    """Return the package that relative imports of a module start from, or None outside a package."""
     if name is None:
         return None
     if Path(path).name == "__init__.py":
@@ -73,62 +75,98 @@ def module_name_for(path: str) -> Tuple[Optional[str], Optional[Path]]:
     return ".".join(parts) or None, folder
 
 
-# Parsed imported modules kept per run, least recently used dropped first: libcst trees are large, and a run over
-# a big tree must keep its memory flat.
-MAX_CACHED_MODULES = 128
+# Source bytes of parsed imported modules kept between files of one process, least recently used dropped first.
+# A libcst tree takes about 25 bytes of memory per source byte (measured with tracemalloc on a 44 KB
+# transformers 5.25 model file), so this keeps about 100 MB of trees. NOTE: the ratio is an estimate from one
+# file; modules with long string tables take less per byte.
+MAX_CACHED_SOURCE_BYTES = 4 * 1024 * 1024
+
+
+class _ParsedModules:
+    """Parsed imported modules shared by every file that one process checks, keyed by path, name and content.
+
+    Reusing a tree changes only how long a lookup takes, never what it returns: the key holds the file's content
+    digest and the dotted name the module is built with, and the analysis never changes a ModuleContext.
+    """
+
+    def __init__(self, max_source_bytes: int) -> None:
+        self.max_source_bytes = max_source_bytes
+        self._entries: "OrderedDict[Tuple[str, str, str], Tuple[Optional[ModuleContext], int]]" = OrderedDict()
+        self._source_bytes = 0
+
+    def get(self, key: Tuple[str, str, str]) -> Tuple[bool, Optional[ModuleContext]]:
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        self._entries.move_to_end(key)
+        return True, entry[0]
+
+    def put(self, key: Tuple[str, str, str], context: Optional[ModuleContext], size: int) -> None:
+        self._entries[key] = (context, size)
+        self._source_bytes += size
+        while self._source_bytes > self.max_source_bytes and len(self._entries) > 1:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._source_bytes -= dropped
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._source_bytes = 0
+
+
+_PARSED = _ParsedModules(MAX_CACHED_SOURCE_BYTES)
 
 
 class ProjectIndex:
     """Finds and parses the project's own modules by dotted name, searching the given root folders.
 
-    One index is shared by every file of a run that has the same roots, so an imported module is parsed once.
+    Each analysed file gets its own index. The index returns the same ModuleContext for a dotted name every time
+    it is asked during that file's analysis, so the analysis of one file never sees a module parsed twice, and
+    its result does not depend on which files the process checked before. Parsed trees are reused between files
+    through a process-wide cache keyed by content (`_ParsedModules`).
     """
-
-    # TODO: two transformers 5.25 modules recurse too deeply only late in a long run over the whole package, not
-    # in a fresh process; state shared between files (this index is the main candidate) deepens the analysis.
-    _shared: Dict[Tuple[Path, ...], "ProjectIndex"] = {}
 
     def __init__(self, roots: List[Path]) -> None:
         self.roots = [root.resolve() for root in roots]
-        self._by_path: "OrderedDict[Tuple[str, str], Optional[ModuleContext]]" = OrderedDict()
+        # Every lookup of this file's analysis, by dotted name; the contexts stay alive until the file is done.
+        self._found: Dict[str, Optional[ModuleContext]] = {}
 
     @classmethod
     def for_file(cls, path: str) -> Tuple[Optional["ProjectIndex"], Optional[str]]:
+        """Return a new index for analysing one file, and the file's dotted module name."""
         name, root = module_name_for(path)
         if root is None:
             return None, None
-        roots = [root]
-        own_folder = Path(path).resolve().parent
-        if own_folder != root:
-            roots.append(own_folder)
-        key = tuple(roots)
-        index = cls._shared.get(key)
-        if index is None:
-            index = cls._shared[key] = cls(roots)
-        return index, name
+        return cls(search_roots(path, root)), name
 
     def find(self, dotted: str) -> Optional[ModuleContext]:
         """Return the parsed module for a dotted name, or None when it is not part of the project."""
+        if dotted in self._found:
+            return self._found[dotted]
+        context = None
         relative = Path(*dotted.split("."))
         for root in self.roots:
             for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
                 if candidate.is_file():
-                    return self._load(candidate, dotted)
-        return None
+                    context = self._load(candidate, dotted)
+                    break
+            else:
+                continue
+            break
+        self._found[dotted] = context
+        return context
 
     def loaded(self) -> List[ModuleContext]:
-        return [context for context in self._by_path.values() if context is not None]
+        return [context for context in self._found.values() if context is not None]
 
     def _load(self, path: Path, dotted: str) -> Optional[ModuleContext]:
         try:
             data = path.read_bytes()
         except OSError:
             return None
-        key = (str(path), hashlib.blake2b(data, digest_size=16).hexdigest())
-        if key in self._by_path:
-            self._by_path.move_to_end(key)
-            return self._by_path[key]
-        context = None
+        key = (str(path), dotted, hashlib.blake2b(data, digest_size=16).hexdigest())
+        cached, context = _PARSED.get(key)
+        if cached:
+            return context
         if len(data) <= MAX_IMPORTED_MODULE_BYTES and b"\x00" not in data:
             try:
                 text = data.decode(tokenize.detect_encoding(io.BytesIO(data).readline)[0])
@@ -137,7 +175,14 @@ class ProjectIndex:
             except (SourceError, SyntaxError, RecursionError, UnicodeDecodeError, LookupError, ValueError):
                 # An imported module that cannot be analysed is treated like a library: its calls are not followed.
                 context = None
-        self._by_path[key] = context
-        while len(self._by_path) > MAX_CACHED_MODULES:
-            self._by_path.popitem(last=False)
+        _PARSED.put(key, context, len(data))
         return context
+
+
+def search_roots(path: str, root: Path) -> List[Path]:
+    """Return the folders absolute imports of a file are searched in: its top package's folder, then its own."""
+    roots = [root]
+    own_folder = Path(path).resolve().parent
+    if own_folder != root:
+        roots.append(own_folder)
+    return roots
