@@ -104,6 +104,23 @@ def test_fix_without_torch_applies_nothing(project, unverified):
     assert "Traceback" not in result.stderr
 
 
+def test_fix_without_torch_hint_installs_torch_first(project, unverified):
+    code = (
+        "import sys\nsys.modules['torch'] = None\nfrom maskcheck.cli import main\n"
+        "sys.exit(main(['--verify', 'script.py']))\n"
+    )
+
+    result = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=300)
+
+    # A bare `pip install 'maskcheck[verify]'` lets pip choose a torch build, often a CUDA build of several GB.
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "install the torch build you want first (for example pip install torch==<version> einops" in lines[0]
+    assert lines[0].endswith("then pip install 'maskcheck[verify]'")
+    assert lines[0].count("pip install 'maskcheck[verify]'") == 1
+
+
 def test_unsafe_fixes_needs_a_fix_option(project, run_cli):
     result = run_cli(["--unsafe-fixes", "."])
 
@@ -143,6 +160,31 @@ def test_diff_prints_unified_diff_and_writes_nothing(project, run_cli, unverifie
         f"-{UNVERIFIED_BEFORE}",
         f"+{UNVERIFIED_AFTER}",
     ]
+
+
+def test_diff_goes_to_output_file(project, run_cli, unverified):
+    result = run_cli(["--diff", "--unsafe-fixes", "--output-file", "fix.diff", "script.py"])
+
+    assert result.code == 1
+    assert result.out == ""
+    lines = (project / "fix.diff").read_text().splitlines()
+    assert lines[:2] == ["--- a/script.py", "+++ b/script.py"]
+    assert f"+{UNVERIFIED_AFTER}" in lines
+
+
+@pytest.mark.parametrize(
+    "option", [["--output-format", "json"], ["--output-format", "text"], ["--statistics"], ["--show-fixes"]]
+)
+def test_diff_rejects_report_options(project, run_cli, unverified, option):
+    before = unverified.read_bytes()
+
+    result = run_cli(["--diff", "--unsafe-fixes", *option, "script.py"])
+
+    assert result.code == 2
+    assert result.out == ""
+    assert f"--diff writes a unified diff, to standard output or to --output-file, so {option[0]} does not apply" \
+        in result.err
+    assert unverified.read_bytes() == before
 
 
 def test_diff_without_applicable_fix_exits_zero(project, run_cli):

@@ -139,6 +139,17 @@ def test_other_module_finding_names_its_file(padding_helpers):
     assert finding.replacement == "pair_mask.repeat_interleave(num_heads, dim=0)"
 
 
+def test_other_module_path_absolute_like_given_path(padding_helpers, run_cli):
+    decoder = str(padding_helpers.resolve() / "decoder.py")
+
+    result = run_cli(["--no-cache", "--output-format", "json", decoder])
+
+    (finding,) = json.loads(result.out)["findings"]
+    assert finding["path"] == decoder
+    assert finding["expression_location"]["path"] == str(padding_helpers.resolve() / "masking.py")
+    assert f"returns a mask built in {padding_helpers.resolve() / 'masking.py'}:23" in finding["message"]
+
+
 def test_fix_leaves_other_module_unchanged(padding_helpers, run_cli):
     before = snapshot(padding_helpers)
 

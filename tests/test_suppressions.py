@@ -205,7 +205,8 @@ def test_add_noqa_rejects_stdin(project, run_cli):
     result = run_cli(["--add-noqa", "-"], stdin=BUGGY_BLOCK.encode())
 
     assert result.code == 2
-    assert "--add-noqa rewrites files, so it cannot take standard input" in result.err
+    assert "--add-noqa rewrites files, so it does not read standard input; pass the file's path instead" in result.err
+    assert "use --diff" not in result.err
 
 
 def test_add_noqa_skips_noqa_inside_string():

@@ -96,3 +96,15 @@ def test_exit_statuses_match_help():
 
     assert documented == epilog_statuses == ["0", "1", "2"]
     assert documented == [str(cli.EXIT_CLEAN), str(cli.EXIT_FINDINGS), str(cli.EXIT_ERROR)]
+
+
+def exit_status_rows(path) -> List[str]:
+    section = path.read_text(encoding="utf-8").split("## Exit status", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| [0-9]+ \|.*$", section, flags=re.MULTILINE)
+
+
+def test_integration_exit_statuses_match_usage():
+    integration = REPO_ROOT / "docs" / "integration.md"
+
+    assert exit_status_rows(integration) == exit_status_rows(USAGE)
+    assert len(exit_status_rows(USAGE)) == 3

@@ -19,7 +19,7 @@ from maskcheck.files import ReadError, SourceFile
 from maskcheck.findings import Finding
 from maskcheck.noqa import _INLINE_NOQA, filter_suppressed, statement_text_by_line
 from maskcheck.report import PathProblem, Report, ReportedFinding
-from maskcheck.rewrite import normalise_newlines, read_stored, write_atomically
+from maskcheck.rewrite import InterruptedRewrite, NotWritable, normalise_newlines, read_stored, write_atomically
 
 _PHYSICAL_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _TRAILING_SEPARATORS = re.compile(r"[,\s]+$")
@@ -144,44 +144,57 @@ def add_noqa_comments(report: Report, sources: Dict[str, SourceFile], texts: Dic
     """Add the comments for every finding in `report` to its file; return the findings that got one.
 
     A file is written only when the new text still parses and suppresses each of its added findings. Problems go to
-    `report.errors`.
+    `report.errors`. An interrupt is raised again as InterruptedRewrite, which lists the files already written.
     """
     by_path: Dict[str, List[ReportedFinding]] = {}
     for reported in report.findings:
         by_path.setdefault(reported.path, []).append(reported)
 
     added: List[ReportedFinding] = []
-    for path in sorted(by_path):
-        group = by_path[path]
-        source = sources[path]
-        try:
-            stored = read_stored(source.path)
-        except ReadError as error:
-            report.errors.append(PathProblem(path, f"no noqa comments added: {error}"))
-            continue
-        if stored.normalised != texts[path]:
-            report.errors.append(
-                PathProblem(path, "no noqa comments added: the file changed while maskcheck ran; run maskcheck again")
-            )
-            continue
-
-        edit = add_noqa(stored.text, [reported.finding for reported in group])
-        for finding, reason in edit.skipped.items():
-            report.errors.append(PathProblem(path, f"no noqa comment added at {finding.line}:{finding.col}: {reason}"))
-        if not edit.added:
-            continue
-        problem = _problem_after_edit(edit)
-        if problem is not None:
-            report.errors.append(PathProblem(path, f"no noqa comments added: {problem}; please report it"))
-            continue
-        try:
-            write_atomically(source.path, stored.encode(edit.text))
-        except (OSError, UnicodeEncodeError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            report.errors.append(PathProblem(path, f"no noqa comments added: cannot write the file: {reason}"))
-            continue
-        added.extend(reported for reported in group if reported.finding in edit.added)
+    try:
+        for path in sorted(by_path):
+            added.extend(_add_to_file(path, by_path[path], sources[path], texts[path], report))
+    except KeyboardInterrupt:
+        # A file is replaced by one rename, so each file is either written completely or unchanged.
+        written = sorted({reported.path for reported in added})
+        raise InterruptedRewrite(written, (), "noqa comments added") from None
     return added
+
+
+def _add_to_file(
+    path: str, group: List[ReportedFinding], source: SourceFile, analysed_text: str, report: Report
+) -> List[ReportedFinding]:
+    """Add the comments for `group` to one file; return the findings that got one."""
+    try:
+        stored = read_stored(source.path)
+    except ReadError as error:
+        report.errors.append(PathProblem(path, f"no noqa comments added: {error}"))
+        return []
+    if stored.normalised != analysed_text:
+        report.errors.append(
+            PathProblem(path, "no noqa comments added: the file changed while maskcheck ran; run maskcheck again")
+        )
+        return []
+
+    edit = add_noqa(stored.text, [reported.finding for reported in group])
+    for finding, reason in edit.skipped.items():
+        report.errors.append(PathProblem(path, f"no noqa comment added at {finding.line}:{finding.col}: {reason}"))
+    if not edit.added:
+        return []
+    problem = _problem_after_edit(edit)
+    if problem is not None:
+        report.errors.append(PathProblem(path, f"no noqa comments added: {problem}; please report it"))
+        return []
+    try:
+        write_atomically(source.path, stored.encode(edit.text))
+    except NotWritable as error:
+        report.errors.append(PathProblem(path, f"no noqa comments added: {error}"))
+        return []
+    except (OSError, UnicodeEncodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        report.errors.append(PathProblem(path, f"no noqa comments added: cannot write the file: {reason}"))
+        return []
+    return [reported for reported in group if reported.finding in edit.added]
 
 
 def _problem_after_edit(edit: NoqaEdit) -> Optional[str]:

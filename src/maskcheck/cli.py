@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from maskcheck import __version__
 from maskcheck.cache import CACHE_DIR_NAME, default_cache_dir
@@ -37,6 +38,7 @@ from maskcheck.findings import Finding, SourceError
 from maskcheck.noqa import file_is_exempt, file_is_skipped, filter_suppressed
 from maskcheck.progress import Progress
 from maskcheck.report import (
+    DEFAULT_FORMAT,
     FORMAT_NAMES,
     STATISTICS_FORMATS,
     FixState,
@@ -47,6 +49,7 @@ from maskcheck.report import (
     render,
     single_line,
 )
+from maskcheck.rewrite import InterruptedRewrite
 from maskcheck.rules import KNOWN_CODES
 from maskcheck.runner import check_paths, parse_jobs
 from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_FILE_SIZE, Settings
@@ -88,15 +91,16 @@ noqa:
 fixes:
   --fix applies a fix only when, in this run, the runtime verifier confirmed
   the finding and verified the replacement (it needs torch). --unsafe-fixes
-  applies the others too. --diff prints what --fix would change and writes
-  nothing.
+  applies the others too. --diff prints what --fix would change, as a unified
+  diff to standard output or to --output-file, and changes no file.
 
 exit status:
   0  no findings (or --exit-zero, or only findings the verifier found benign
      without --strict)
   1  findings were printed (with --diff: a fix would change a file)
   2  usage or configuration error, a file or directory could not be read or
-     analysed, a fix was rolled back, or --verify without torch
+     analysed, a fix was rolled back, --verify without torch, or the report
+     could not be written
 """
 
 
@@ -308,7 +312,7 @@ def _add_verify_options(group: argparse._ArgumentGroup) -> None:
         "--verify",
         action="store_true",
         help="replay each finding's mask construction with torch and print the verdict: confirmed, benign or "
-        "inconclusive (needs pip install 'maskcheck[verify]')",
+        "inconclusive (needs torch: install the torch build you want, then pip install 'maskcheck[verify]')",
     )
     group.add_argument(
         "--strict",
@@ -331,7 +335,8 @@ def _add_fix_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--diff",
         action="store_true",
-        help="print the changes that --fix would make as a unified diff, and write nothing",
+        help="print the changes that --fix would make as a unified diff (to --output-file when given), and change "
+        "no file",
     )
     group.add_argument(
         "--add-noqa",
@@ -350,11 +355,15 @@ def _add_output_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--output-format",
         choices=FORMAT_NAMES,
-        default="text",
+        default=None,
         help="text: one line per finding (default); full: with source excerpt, slot picture, evidence and fix; "
         "json: the schema in docs/integration.md; github: workflow annotations; sarif: SARIF 2.1.0; junit: JUnit XML",
     )
-    group.add_argument("--output-file", metavar="FILE", help="write the report to FILE instead of standard output")
+    group.add_argument(
+        "--output-file",
+        metavar="FILE",
+        help="write the report, or the diff of --diff, to FILE instead of standard output",
+    )
     group.add_argument(
         "--statistics",
         action="store_true",
@@ -507,9 +516,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_request:
         code = exit_request.code
         return code if isinstance(code, int) else EXIT_ERROR
-    except KeyboardInterrupt:
-        print("maskcheck: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        _print_interrupt(interrupt)
         return 130
+
+
+def _print_interrupt(interrupt: KeyboardInterrupt) -> None:
+    """Print that the run was interrupted and, when files were already rewritten, list them."""
+    if not isinstance(interrupt, InterruptedRewrite) or not (interrupt.rewritten or interrupt.unchecked):
+        print("maskcheck: interrupted", file=sys.stderr)
+        return
+    count = _count(len(interrupt.rewritten) + len(interrupt.unchecked), "file")
+    print(
+        f"maskcheck: interrupted after {count} had been rewritten; each listed file is completely written, "
+        "and every other file has its original content",
+        file=sys.stderr,
+    )
+    for path in interrupt.rewritten:
+        print(f"{path}: {interrupt.action} before the interrupt", file=sys.stderr)
+    for path in interrupt.unchecked:
+        print(
+            f"{path}: {interrupt.action} before the interrupt, but not analysed again after the change; "
+            "run maskcheck on it and review the change",
+            file=sys.stderr,
+        )
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -528,6 +558,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if not paths:
         paths = ["."]
     _check_option_combinations(parser, options, paths)
+    # The default is applied here, so that the check above can tell an explicit --output-format from none.
+    if options.output_format is None:
+        options.output_format = DEFAULT_FORMAT
 
     # The logger's state is restored afterwards, so that `main` can be called again in the same process.
     handler = logging.StreamHandler(sys.stderr)
@@ -551,20 +584,27 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
 
 def _check_option_combinations(parser: argparse.ArgumentParser, options: argparse.Namespace, paths: List[str]) -> None:
-    if options.statistics and options.output_format not in STATISTICS_FORMATS:
-        parser.error(
-            f"--statistics works with --output-format {', '.join(STATISTICS_FORMATS)}, "
-            f"not {options.output_format}"
-        )
+    if options.diff:
+        for option, given in (("--output-format", options.output_format), ("--statistics", options.statistics),
+                              ("--show-fixes", options.show_fixes)):
+            if given:
+                parser.error(
+                    f"--diff writes a unified diff, to standard output or to --output-file, so {option} does not "
+                    "apply; drop one of the two"
+                )
+    output_format = options.output_format or DEFAULT_FORMAT
+    if options.statistics and output_format not in STATISTICS_FORMATS:
+        parser.error(f"--statistics works with --output-format {', '.join(STATISTICS_FORMATS)}, not {output_format}")
     modes = [name for name in ("fix", "diff", "add_noqa") if getattr(options, name)]
     if len(modes) > 1:
         shown = " and ".join("--" + name.replace("_", "-") for name in modes)
         parser.error(f"{shown} cannot be combined; choose one")
     if options.unsafe_fixes and not (options.fix or options.diff):
         parser.error("--unsafe-fixes only changes what --fix and --diff do; add one of them")
-    if (options.fix or options.add_noqa) and STDIN_PATH in paths:
-        option = "--fix" if options.fix else "--add-noqa"
-        parser.error(f"{option} rewrites files, so it cannot take standard input; use --diff to see the fix instead")
+    if options.fix and STDIN_PATH in paths:
+        parser.error("--fix rewrites files, so it cannot take standard input; use --diff to see the fix instead")
+    if options.add_noqa and STDIN_PATH in paths:
+        parser.error("--add-noqa rewrites files, so it does not read standard input; pass the file's path instead")
 
 
 def _explain(code: str) -> int:
@@ -636,13 +676,15 @@ def _run(paths: Sequence[str], options: argparse.Namespace, run_options: RunOpti
         from maskcheck.add_noqa import add_noqa_comments
 
         added = add_noqa_comments(report, checked.sources, checked.texts)
-        _print_problems(checked, options)
-        if not options.quiet:
-            files = len({reported.path for reported in added})
-            print(
-                f"maskcheck: added noqa comments for {_count(len(added), 'finding')} in {_count(files, 'file')}",
-                file=sys.stderr,
-            )
+        written = sorted({reported.path for reported in added})
+        with _listing_rewrites_on_interrupt(written, "noqa comments added"):
+            _print_problems(checked, options)
+            if not options.quiet:
+                print(
+                    f"maskcheck: added noqa comments for {_count(len(added), 'finding')} "
+                    f"in {_count(len(written), 'file')}",
+                    file=sys.stderr,
+                )
         return EXIT_ERROR if report.errors else EXIT_CLEAN
 
     wants_fix = options.fix or options.diff
@@ -673,19 +715,25 @@ def _run(paths: Sequence[str], options: argparse.Namespace, run_options: RunOpti
             unsafe=options.unsafe_fixes,
             write=options.fix,
         )
-    diff_text = fix_run.diff if fix_run is not None else ""
+    fixed = sorted({reported.path for reported in report.fixed})
+    with _listing_rewrites_on_interrupt(fixed, "fixed"):
+        return _print_outcome(report, checked, options, fix_run)
 
+
+def _print_outcome(report: Report, checked: _Checked, options: argparse.Namespace, fix_run) -> int:
+    """Write the report or the diff, then the problems, notes and summary; return the exit status."""
+    diff_text = fix_run.diff if fix_run is not None else ""
     if options.diff:
-        if not _write_stdout(diff_text):
-            return EXIT_ERROR
+        # --output-file receives the diff, as it receives a report. --output-format is rejected with --diff.
+        output = diff_text
     else:
         output = render(
             options.output_format,
             report,
             RenderOptions(show_fixes=options.show_fixes, statistics=options.statistics),
         )
-        if not _write_report(output, options.output_file):
-            return EXIT_ERROR
+    if not _write_report(output, options.output_file):
+        return EXIT_ERROR
 
     _print_problems(checked, options)
     if not options.quiet:
@@ -694,6 +742,17 @@ def _run(paths: Sequence[str], options: argparse.Namespace, run_options: RunOpti
         _print_fix_hint(report, options)
         print(_summary(report, options), file=sys.stderr)
     return _exit_status(report, options, diff_text)
+
+
+@contextlib.contextmanager
+def _listing_rewrites_on_interrupt(paths: Sequence[str], action: str) -> Iterator[None]:
+    """Turn an interrupt into InterruptedRewrite, so that `main` lists the files already rewritten in this run."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, InterruptedRewrite) or not paths:
+            raise
+        raise InterruptedRewrite(paths, (), action) from None
 
 
 def _load_verifier(required: bool = True, quiet: bool = False):
@@ -708,15 +767,33 @@ def _load_verifier(required: bool = True, quiet: bool = False):
     try:
         get_runtime()
     except VerifierUnavailable as error:
+        message = _missing_torch_message(str(error))
         if required:
-            print(f"maskcheck: error: {error}", file=sys.stderr)
+            print(f"maskcheck: error: {message}", file=sys.stderr)
         elif not quiet:
             print(
-                f"maskcheck: note: no fix can be verified: {error}; or pass --unsafe-fixes to apply unverified fixes",
+                f"maskcheck: note: no fix can be verified: {message}; or pass --unsafe-fixes to apply unverified fixes",
                 file=sys.stderr,
             )
         return None
     return verify_findings
+
+
+def _missing_torch_message(message: str) -> str:
+    """Replace the verifier's install hint with one that installs torch before the extra.
+
+    The `verify` extra requires `torch>=1.9`, so installing the extra alone lets pip choose a torch build, often a
+    CUDA build of several GB.
+    """
+    from maskcheck.verify.verdict import INSTALL_COMMAND
+
+    # NOTE: the verifier's message ends with its own hint, which this replaces; a changed wording there
+    # leaves both hints in the line.
+    message = message.removesuffix(f"; install it with: {INSTALL_COMMAND}")
+    return (
+        f"{message}; install the torch build you want first (for example pip install torch==<version> einops, "
+        f"or a CPU or CUDA build from pytorch.org), then {INSTALL_COMMAND}"
+    )
 
 
 def _collect(outcomes: Sequence[Tuple[SourceFile, FileOutcome]], discovery) -> _Checked:

@@ -22,7 +22,15 @@ from libcst.metadata import MetadataWrapper, PositionProvider
 from maskcheck.files import STDIN_PATH, ReadError, SourceFile
 from maskcheck.findings import Finding, source_lines, text_in_range
 from maskcheck.report import CONFIRMED, FixState, PathProblem, Report, ReportedFinding
-from maskcheck.rewrite import StoredSource, normalise_newlines, read_stored, unified_diff, write_atomically
+from maskcheck.rewrite import (
+    InterruptedRewrite,
+    NotWritable,
+    StoredSource,
+    normalise_newlines,
+    read_stored,
+    unified_diff,
+    write_atomically,
+)
 
 # -------------------------------------------------------------------------------------------------------------------
 # Replacements
@@ -245,7 +253,8 @@ def apply_fixes(
 
     With `write` False (`--diff`), nothing is written and the combined diff is returned. With `write` True the
     files are rewritten, `reanalyse(source)` must return the file's new FileOutcome, fixed findings move to
-    `report.fixed`, and the file's findings become those of the new analysis.
+    `report.fixed`, and the file's findings become those of the new analysis. An interrupt while files are written
+    is raised again as InterruptedRewrite, which lists the files already rewritten.
     """
     run = FixRun()
     diffs: List[str] = []
@@ -254,39 +263,63 @@ def apply_fixes(
     for reported in report.findings:
         by_path.setdefault(reported.path, []).append(reported)
 
-    for path in sorted(by_path):
-        group = by_path[path]
-        wanted = [r for r in group if r.fix is not None and r.fix.available and (r.fix.verified or unsafe)]
-        not_applied.extend(r for r in group if r.fix is not None and r.fix.available and r not in wanted)
-        # A replacement that cannot be applied here (built in another module, a comment inside, a changed file).
-        not_applied.extend(r for r in group if r.fix is not None and not r.fix.available and r.finding.replacement)
-        if not wanted:
-            continue
-        source = sources[path]
-        stored, problem = _stored(source, texts[path])
-        if stored is None:
-            report.errors.append(PathProblem(path, problem))
-            continue
+    # The file being written and checked, whose state an interrupt leaves unknown.
+    writing: Optional[Tuple[SourceFile, StoredSource]] = None
+    try:
+        for path in sorted(by_path):
+            group = by_path[path]
+            wanted = [r for r in group if r.fix is not None and r.fix.available and (r.fix.verified or unsafe)]
+            not_applied.extend(r for r in group if r.fix is not None and r.fix.available and r not in wanted)
+            # A replacement that cannot be applied here (built in another module, a comment inside, a changed file).
+            not_applied.extend(r for r in group if r.fix is not None and not r.fix.available and r.finding.replacement)
+            if not wanted:
+                continue
+            source = sources[path]
+            stored, problem = _stored(source, texts[path])
+            if stored is None:
+                report.errors.append(PathProblem(path, problem))
+                continue
 
-        plan = plan_fixes(stored, [reported.finding for reported in wanted])
-        for reported in wanted:
-            if reported.finding in plan.skipped:
-                reported.fix.note = plan.skipped[reported.finding]
-                not_applied.append(reported)
-        if not plan.applied:
-            continue
-        diffs.append(unified_diff(path, stored.text, plan.text))
-        if not write:
-            continue
+            plan = plan_fixes(stored, [reported.finding for reported in wanted])
+            for reported in wanted:
+                if reported.finding in plan.skipped:
+                    reported.fix.note = plan.skipped[reported.finding]
+                    not_applied.append(reported)
+            if not plan.applied:
+                continue
+            diffs.append(unified_diff(path, stored.text, plan.text))
+            if not write:
+                continue
 
-        problem = _write_and_check(source, stored, plan, group, reanalyse, report)
-        if problem is not None:
-            report.errors.append(PathProblem(path, problem))
+            writing = (source, stored)
+            problem = _write_and_check(source, stored, plan, group, reanalyse, report)
+            writing = None
+            if problem is not None:
+                report.errors.append(PathProblem(path, problem))
+
+    except KeyboardInterrupt:
+        raise _interrupted(report, writing) from None
 
     run.diff = "".join(diffs)
     run.not_applied = tuple(not_applied)
     report.findings.sort(key=ReportedFinding.sort_key)
     return run
+
+
+def _interrupted(report: Report, writing: Optional[Tuple[SourceFile, StoredSource]]) -> InterruptedRewrite:
+    """List the files that the fixes of this run rewrote before the interrupt."""
+    fixed = sorted({reported.path for reported in report.fixed})
+    unchecked: List[str] = []
+    if writing is not None:
+        source, stored = writing
+        try:
+            with open(source.path, "rb") as handle:
+                changed = handle.read() != stored.data
+        except OSError:
+            changed = True
+        if changed and source.display not in fixed:
+            unchecked.append(source.display)
+    return InterruptedRewrite(fixed, unchecked, "fixed")
 
 
 def _stored(source: SourceFile, analysed_text: str) -> Tuple[Optional[StoredSource], str]:
@@ -315,6 +348,8 @@ def _write_and_check(
     """
     try:
         write_atomically(source.path, stored.encode(plan.text))
+    except NotWritable as error:
+        return f"not fixed: {error}"
     except (OSError, UnicodeEncodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         return f"not fixed: cannot write the file: {reason}; check its permissions"
@@ -326,7 +361,7 @@ def _write_and_check(
             write_atomically(source.path, stored.data)
         except OSError as error:
             return (
-                f"the fix {problem}, and restoring the original failed ({error.strerror}); "
+                f"the fix {problem}, and restoring the original failed ({error.strerror or error}); "
                 "restore the file from version control"
             )
         return f"fix rolled back, the file is unchanged: the fix {problem}; please report it"

@@ -1,5 +1,5 @@
-"""Read a source file for rewriting and write it back the way it was stored: atomically, with its mode, encoding,
-byte order mark and newline style."""
+"""Read a source file for rewriting and write it back the way it was stored: atomically, with its mode, owner,
+encoding, byte order mark and newline style."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import stat
 import tempfile
 import tokenize
 from dataclasses import dataclass
+from typing import Sequence
 
 from maskcheck.files import ReadError, decode_source
 
@@ -66,22 +67,61 @@ def _newline_style(text: str) -> str:
     return "\n"
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace the file's content with `data` through a temporary file in the same folder, keeping its mode.
+class NotWritable(OSError):
+    """The file cannot be rewritten by this user: it is read-only, or its folder does not accept the temporary file.
 
-    A symbolic link is resolved first, so the link stays a link and its target gets the new content. Raises
-    OSError when the folder is not writable or the rename fails; the original file is then unchanged.
+    The message gives the reason and the next step. The file is unchanged.
+    """
+
+
+class InterruptedRewrite(KeyboardInterrupt):
+    """An interrupt (Ctrl-C) that arrived after some files were rewritten.
+
+    `rewritten` lists the display paths of the files that were completely rewritten and checked, `unchecked` those
+    that were completely rewritten but not analysed again, and `action` is what happened to them ("fixed"). No file
+    is ever half-written, because `write_atomically` replaces a file with a single rename.
+    """
+
+    def __init__(self, rewritten: Sequence[str], unchecked: Sequence[str] = (), action: str = "fixed") -> None:
+        super().__init__()
+        self.rewritten = tuple(rewritten)
+        self.unchecked = tuple(unchecked)
+        self.action = action
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace the file's content with `data` through a temporary file in the same folder, keeping its mode and owner.
+
+    A symbolic link is resolved first, so the link stays a link and its target gets the new content. The rename
+    would replace a read-only file too, so the file's own write permission is checked first.
+    Raises NotWritable when this user may not write the file or create a file in its folder, and OSError when the
+    write or the rename fails. The original file is then unchanged.
     """
     target = os.path.realpath(path)
     folder = os.path.dirname(target) or os.curdir
-    mode = stat.S_IMODE(os.stat(target).st_mode)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".maskcheck", dir=folder)
+    if not os.access(target, os.W_OK):
+        raise NotWritable(
+            "the file is read-only; give this user write permission (for example chmod u+w) or edit it by hand"
+        )
+    original = os.stat(target)
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", suffix=".maskcheck", dir=folder
+        )
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise NotWritable(
+            f"the temporary file could not be created in {folder} ({reason}); maskcheck writes the new version "
+            "next to the file and renames it over the file, so make the folder writable or edit the file by hand"
+        ) from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
+        _copy_owner(original, temporary)
+        # chmod comes after chown, because chown clears the set-user-ID and set-group-ID bits.
+        os.chmod(temporary, stat.S_IMODE(original.st_mode))
         os.replace(temporary, target)
     except BaseException:
         try:
@@ -89,6 +129,28 @@ def write_atomically(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _copy_owner(original: os.stat_result, temporary: str) -> None:
+    """Give the temporary file the original's owner and group, as far as this process may set them.
+
+    Only root may give a file to another user, and another user may only set a group they belong to. So when a
+    user rewrites a file that belongs to someone else and is writable for them (mode 666, or a shared group), the
+    new file belongs to that user. Its content and mode are still kept.
+    """
+    current = os.stat(temporary)
+    if (current.st_uid, current.st_gid) == (original.st_uid, original.st_gid):
+        return
+    try:
+        os.chown(temporary, original.st_uid, original.st_gid)
+        return
+    except PermissionError:
+        pass
+    if current.st_gid != original.st_gid:
+        try:
+            os.chown(temporary, -1, original.st_gid)
+        except PermissionError:
+            pass
 
 
 def unified_diff(path: str, old_text: str, new_text: str) -> str:

@@ -58,7 +58,7 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
             quoted = " ".join(source_text(entry).split())
             if len(quoted) > 90:
                 quoted = quoted[:87] + "..."
-            elsewhere = _locate(issue.node, project)
+            elsewhere = _locate(issue.node, project, path)
             place = f"{elsewhere[0]}:{elsewhere[1].start.line}" if elsewhere is not None else "another module"
             message = f"`{quoted}` returns a mask built in {place}: {message}"
             expression = source_text(issue.node) if elsewhere is None else elsewhere[2]
@@ -84,7 +84,9 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
     return findings
 
 
-def _locate(node: cst.CSTNode, project: Optional[ProjectIndex]) -> Optional[Tuple[str, CodeRange, str]]:
+def _locate(
+    node: cst.CSTNode, project: Optional[ProjectIndex], finding_path: str
+) -> Optional[Tuple[str, CodeRange, str]]:
     """Find a node in another module of the project: that module's display path, the node's range, and its exact
     source text. None when no loaded module contains the node."""
     for context in project.loaded() if project is not None else ():
@@ -93,12 +95,15 @@ def _locate(node: cst.CSTNode, project: Optional[ProjectIndex]) -> Optional[Tupl
         if where is not None:
             lines = source_lines(context.module.code)
             text = text_in_range(lines, where.start.line, where.start.column, where.end.line, where.end.column)
-            return _display_path(context.path), where, text
+            return _display_path(context.path, finding_path), where, text
     return None
 
 
-def _display_path(path: str) -> str:
-    """Show another module's path relative to the working directory, as finding paths are."""
+def _display_path(path: str, finding_path: str) -> str:
+    """Show another module's path in the style of the finding's path: absolute when the user gave an absolute path,
+    else relative to the working directory."""
+    if os.path.isabs(finding_path):
+        return os.path.abspath(path)
     try:
         relative = os.path.relpath(path)
     except ValueError:

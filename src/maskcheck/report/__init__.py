@@ -17,6 +17,7 @@ INCONCLUSIVE = "inconclusive"
 
 # --output-format values, in the order the help lists them.
 FORMAT_NAMES = ("text", "full", "json", "github", "sarif", "junit")
+DEFAULT_FORMAT = "text"
 STATISTICS_FORMATS = ("text", "full", "json")
 
 
