@@ -767,7 +767,7 @@ def _load_verifier(required: bool = True, quiet: bool = False):
     try:
         get_runtime()
     except VerifierUnavailable as error:
-        message = _missing_torch_message(str(error))
+        message = str(error)
         if required:
             print(f"maskcheck: error: {message}", file=sys.stderr)
         elif not quiet:
@@ -777,23 +777,6 @@ def _load_verifier(required: bool = True, quiet: bool = False):
             )
         return None
     return verify_findings
-
-
-def _missing_torch_message(message: str) -> str:
-    """Replace the verifier's install hint with one that installs torch before the extra.
-
-    The `verify` extra requires `torch>=1.9`, so installing the extra alone lets pip choose a torch build, often a
-    CUDA build of several GB.
-    """
-    from maskcheck.verify.verdict import INSTALL_COMMAND
-
-    # NOTE: the verifier's message ends with its own hint, which this replaces; a changed wording there
-    # leaves both hints in the line.
-    message = message.removesuffix(f"; install it with: {INSTALL_COMMAND}")
-    return (
-        f"{message}; install the torch build you want first (for example pip install torch==<version> einops, "
-        f"or a CPU or CUDA build from pytorch.org), then {INSTALL_COMMAND}"
-    )
 
 
 def _collect(outcomes: Sequence[Tuple[SourceFile, FileOutcome]], discovery) -> _Checked:

@@ -18,7 +18,10 @@ class VerifierUnavailable(Exception):
     def __init__(self, detail: str = "") -> None:
         message = (
             f"the runtime verifier (--verify) needs torch, which could not be imported{detail}; "
-            f"install it with: {INSTALL_COMMAND}"
+            # The extra requires torch>=1.9, so installing it alone lets pip pick a torch build, often a CUDA build
+            # of several GB.
+            "install the torch build you want first (for example pip install torch==<version> einops, "
+            f"or a CPU or CUDA build from pytorch.org), then {INSTALL_COMMAND}"
         )
         super().__init__(message)
 
