@@ -563,7 +563,7 @@ def test_no_fixture_finding_replays_as_benign():
 
 
 def test_head_count_inside_view_is_bound():
-    # The heads come from the bias's own axis, so only the `view` names `self.num_heads`; the chain must still
+    # The heads come from the bias's own axis, so only the `view` names `self.num_heads`. The chain must still
     # bind it to H, or the replay stops at an unbound name.
     from maskcheck.engine import check_source
 

@@ -439,7 +439,7 @@ def _stop_executor(executor: ProcessPoolExecutor, wait_for_workers: bool) -> Non
 
 def _exit_code(processes: list) -> str:
     # A worker that just died may not have been reaped yet. The pool's own thread reaps workers too, and when it
-    # wins the race our `join` sees no status for a moment, so look again until every exit code is known.
+    # wins the race our `join` gets no status for a moment, so poll until every exit code is known.
     deadline = time.monotonic() + 2.0
     while True:
         for process in processes:

@@ -1292,7 +1292,7 @@ class ModuleInterpreter:
             return (tensor,)
         if name in _CONVERSION_METHODS and not _is_true(keywords.get("copy")):
             # A conversion to the dtype or device the tensor already has returns the tensor itself, so an
-            # expanded view stays expanded; otherwise the result is a copy. The dtype is not tracked: keep both.
+            # expanded view stays expanded. Any other conversion returns a copy. Dtypes are not tracked, so keep both.
             return join((_computed(tensor), tensor))
         if name in _LAYOUT_KEEPING_METHODS:
             return (_computed(tensor),)

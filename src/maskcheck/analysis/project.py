@@ -85,8 +85,9 @@ MAX_CACHED_SOURCE_BYTES = 4 * 1024 * 1024
 class _ParsedModules:
     """Parsed imported modules shared by every file that one process checks, keyed by path, name and content.
 
-    Reusing a tree changes only how long a lookup takes, never what it returns: the key holds the file's content
-    digest and the dotted name the module is built with, and the analysis never changes a ModuleContext.
+    Reusing a tree changes only how long a lookup takes, never what it returns, because the key contains the
+    file's content digest and the dotted name the module is built with, and the analysis never changes a
+    ModuleContext.
     """
 
     def __init__(self, max_source_bytes: int) -> None:
@@ -120,7 +121,7 @@ class ProjectIndex:
     """Finds and parses the project's own modules by dotted name, searching the given root folders.
 
     Each analysed file gets its own index. The index returns the same ModuleContext for a dotted name every time
-    it is asked during that file's analysis, so the analysis of one file never sees a module parsed twice, and
+    it is asked during that file's analysis, so the analysis of one file never gets a module parsed twice, and
     its result does not depend on which files the process checked before. Parsed trees are reused between files
     through a process-wide cache keyed by content (`_ParsedModules`).
     """

@@ -55,7 +55,7 @@ def _verify_one(runtime, finding) -> Verdict:
     expression = getattr(finding, "expression", "")
     if getattr(finding, "replacement", None) != chain.replacement:
         expression = ""
-    # A mask built in another module is flagged there, so this file's position says nothing about the step.
+    # A mask built in another module is flagged there, so this file's position does not locate the step.
     line, column = getattr(finding, "line", 0), getattr(finding, "col", 0)
     in_this_file = line > 0 and not getattr(finding, "in_other_file", False)
     try:

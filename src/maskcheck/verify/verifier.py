@@ -335,7 +335,7 @@ def get_runtime() -> Runtime:
 def _offset_in_step(
     step: Step, code: str, expression: str, expression_at: Optional[Tuple[int, int]]
 ) -> Optional[int]:
-    """Return where `expression` starts inside the step's `code`, or None when that cannot be told for sure.
+    """Return where `expression` starts inside the step's `code`, or None when its place is ambiguous.
 
     The finding's position decides. When it does not point into the step, a text that occurs once still does.
     """
