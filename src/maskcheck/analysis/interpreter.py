@@ -531,7 +531,7 @@ class ModuleInterpreter:
             return unknown_result
         key = (id(function), instance, _layout_key(arguments), self._reporting)
         if key in self._summaries:
-            return self._summaries[key]
+            return self._mark_entry(self._summaries[key], context, node)
         variants = self._variants.get(id(function), 0)
         if variants >= MAX_VARIANTS_PER_FUNCTION:
             # A function called with many different argument values: stop specialising it.
@@ -554,14 +554,18 @@ class ModuleInterpreter:
             self._call_stack.pop()
             self._memo = saved_memo
         result = join(*returned) if returned else (UNKNOWN_VALUE,)
-        if context is not self.root:
-            # A mask laid out in another module enters this one at this call; findings about it point here.
-            result = tuple(
-                replace(v, entry=node) if isinstance(v, Tensor) and v.entry is None and _has_merged_axis(v) else v
-                for v in result
-            )
+        # The summary is shared by every call with this argument layout, so it must not name any one call.
         self._summaries[key] = result
-        return result
+        return self._mark_entry(result, context, node)
+
+    def _mark_entry(self, result: Alternatives, context: ModuleContext, node: cst.Call) -> Alternatives:
+        """Mark masks laid out in another module as entering this one at `node`, so findings about them point there."""
+        if context is self.root:
+            return result
+        return tuple(
+            replace(v, entry=node) if isinstance(v, Tensor) and v.entry is None and _has_merged_axis(v) else v
+            for v in result
+        )
 
     def _bind_call(self, node: cst.Call, scope: Scope, skip: int = 0) -> "BoundArguments":
         positional: List[Alternatives] = []
