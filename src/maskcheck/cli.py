@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import errno
+import importlib.util
 import logging
 import os
+import pkgutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from maskcheck import __version__
@@ -50,7 +54,6 @@ from maskcheck.report import (
     single_line,
 )
 from maskcheck.rewrite import InterruptedRewrite
-from maskcheck.rules import KNOWN_CODES
 from maskcheck.runner import check_paths, parse_jobs
 from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_FILE_SIZE, Settings
 
@@ -104,9 +107,60 @@ exit status:
 """
 
 
+@lru_cache(maxsize=None)
 def known_codes() -> Tuple[str, ...]:
-    """Return the rule codes that --select and --ignore accept, from the rule registry."""
-    return tuple(sorted(KNOWN_CODES))
+    """Return the rule codes that --select and --ignore accept, read from the rule modules' source.
+
+    Importing the rule registry (`maskcheck.rules`) imports every rule and libcst, which a run over cached files
+    does not need. So each module of the rules package is read with the stdlib parser. A module counts as a rule
+    when its name does not start with "_" and its body assigns a string to `CODE` and defines `check`, as the
+    registry requires. When a module's source cannot be read or parsed (an install without .py files), this falls
+    back to the registry.
+    """
+    codes = []
+    spec = importlib.util.find_spec("maskcheck.rules")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for info in pkgutil.iter_modules(locations):
+        if info.name.startswith("_"):
+            continue
+        source = _module_source(info, f"maskcheck.rules.{info.name}")
+        try:
+            tree = ast.parse(source) if source is not None else None
+        except (SyntaxError, ValueError):
+            tree = None
+        if tree is None:
+            from maskcheck.rules import KNOWN_CODES
+
+            return tuple(sorted(KNOWN_CODES))
+        code = _rule_code(tree)
+        if code is not None:
+            codes.append(code)
+    return tuple(sorted(codes))
+
+
+def _module_source(info: pkgutil.ModuleInfo, name: str) -> Optional[str]:
+    """Return the source text of a module that `pkgutil.iter_modules` listed, or None when it has none."""
+    try:
+        module_spec = info.module_finder.find_spec(name)  # type: ignore[call-arg]
+        if module_spec is None or module_spec.loader is None:
+            return None
+        return module_spec.loader.get_source(name)  # type: ignore[attr-defined]
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def _rule_code(tree: ast.Module) -> Optional[str]:
+    """Return the string a module assigns to `CODE` at top level when it also defines `check`, else None."""
+    code = None
+    has_check = False
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)) and statement.name == "check":
+            has_check = True
+        elif isinstance(statement, ast.Assign):
+            named_code = any(isinstance(target, ast.Name) and target.id == "CODE" for target in statement.targets)
+            if named_code and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
+                code = statement.value.value
+    return code if has_check else None
 
 
 def parse_head_count_names(values: Sequence[str]) -> FrozenSet[str]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ast
 import sys
-from typing import List, Optional, Set
+from typing import Callable, List, Optional, Set
 
-from maskcheck.analysis.consumers import CONSUMER_TOKENS
-from maskcheck.analysis.module import analyse_module
-from maskcheck.analysis.project import module_name_for, package_of, search_roots
+# No module imported here imports libcst, which takes 0.5-0.8 s to import (see parsing.py). A run whose files all
+# fail the pre-filter or come from the result cache never needs it. `_load_analysis` imports the analysis.
+from maskcheck.analysis.consumer_specs import CONSUMER_TOKENS
+from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.findings import Finding, SourceError
 from maskcheck.parsing import TOO_DEEP, check_syntax_and_depth, parse_module
 from maskcheck.settings import Settings
@@ -33,6 +34,7 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     if not _may_have_findings(source, path, settings, tree):
         return []
 
+    analyse_module = _load_analysis()
     old_limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
     try:
@@ -52,6 +54,35 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
         sys.setrecursionlimit(old_limit)
 
     return sorted(set(findings), key=Finding.sort_key)
+
+
+# Whether `_load_analysis` has run in this process, and the callbacks that wait for it.
+_analysis_loaded = False
+_on_analysis_load: List[Callable[[], None]] = []
+
+
+def call_when_analysis_loads(callback: Callable[[], None]) -> None:
+    """Call `callback` when `check_source` first imports the libcst-based analysis, or now if it already has.
+
+    The runner uses this to wrap `ProjectIndex.find` for the result cache without importing libcst in a run that
+    analyses nothing. Every analysis goes through `check_source`, so the callback runs before the first one.
+    """
+    if _analysis_loaded:
+        callback()
+    else:
+        _on_analysis_load.append(callback)
+
+
+def _load_analysis():
+    """Import the analysis, which imports libcst, and return `analyse_module`."""
+    global _analysis_loaded
+    from maskcheck.analysis.module import analyse_module
+
+    if not _analysis_loaded:
+        _analysis_loaded = True
+        while _on_analysis_load:
+            _on_analysis_load.pop(0)()
+    return analyse_module
 
 
 def _may_have_findings(source: str, path: str, settings: Settings, tree: Optional[ast.Module] = None) -> bool:

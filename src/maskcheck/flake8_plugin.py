@@ -3,7 +3,8 @@
 flake8 applies `--select`, `--ignore`, `--extend-ignore`, `--per-file-ignores`, `--exclude`, `# noqa` and
 `# flake8: noqa` to what this plugin yields, so the plugin does none of that itself. It honours
 `# maskcheck: skip-file` as the command line does, unless flake8 runs with `--disable-noqa`. This module imports
-neither flake8 nor torch at import time.
+neither flake8 nor torch at import time, and libcst is imported only for the first file that passes the engine's
+pre-filter.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
+from maskcheck import engine
 from maskcheck.cache import FileState, ResultCache, run_fingerprint, settings_fingerprint
 from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.files import STDIN_PATH, SourceFile, decode_source
@@ -267,19 +268,38 @@ def _recorded_lookups(enabled: bool) -> Iterator[Set[Tuple[Tuple[str, ...], str]
     if not enabled:
         yield lookups
         return
+    global _find_wrapped
+    if not _find_wrapped:
+        _find_wrapped = True
+        # Importing ProjectIndex imports libcst, which a file that fails the pre-filter never needs. So `find` is
+        # wrapped only when the engine first loads the analysis.
+        engine.call_when_analysis_loads(_wrap_project_find)
+    _active_lookups.append(lookups)
+    try:
+        yield lookups
+    finally:
+        # Removed by identity: two open blocks can hold equal sets.
+        _active_lookups[:] = [other for other in _active_lookups if other is not lookups]
+
+
+# The lookup sets of the `_recorded_lookups` blocks open in this process. Each lookup is added to all of them.
+_active_lookups: List[Set[Tuple[Tuple[str, ...], str]]] = []
+_find_wrapped = False
+
+
+def _wrap_project_find() -> None:
+    """Replace `ProjectIndex.find`, for the rest of the process, by a wrapper that records each lookup."""
     from maskcheck.analysis.project import ProjectIndex
 
     original = ProjectIndex.find
 
     def find(index, dotted):
-        lookups.add((tuple(str(root) for root in index.roots), dotted))
+        lookup = (tuple(str(root) for root in index.roots), dotted)
+        for lookups in _active_lookups:
+            lookups.add(lookup)
         return original(index, dotted)
 
     ProjectIndex.find = find
-    try:
-        yield lookups
-    finally:
-        ProjectIndex.find = original
 
 
 # -------------------------------------------------------------------------------------------------------------------
