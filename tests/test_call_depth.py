@@ -45,3 +45,28 @@ def test_negative_depth_is_usage_error(tmp_path, capsys):
 
     assert code == 2
     assert "invalid call depth" in capsys.readouterr().err
+
+
+def test_depth_from_config_file(tmp_path, capsys, monkeypatch):
+    (tmp_path / "model.py").write_text(SOURCE)
+    (tmp_path / "pyproject.toml").write_text("[tool.maskcheck]\nmax-call-depth = 0\n")
+    monkeypatch.chdir(tmp_path)
+
+    from_file = cli.main(["--no-cache", "-q", "model.py"])
+    assert from_file == 0
+    assert capsys.readouterr().out == ""
+
+    overridden = cli.main(["--no-cache", "-q", "--max-call-depth", "1", "model.py"])
+    assert overridden == 1
+    assert ":11:21: MSK101 " in capsys.readouterr().out
+
+
+def test_negative_depth_in_config_file_rejected(tmp_path, capsys, monkeypatch):
+    (tmp_path / "model.py").write_text(SOURCE)
+    (tmp_path / "pyproject.toml").write_text("[tool.maskcheck]\nmax-call-depth = -1\n")
+    monkeypatch.chdir(tmp_path)
+
+    code = cli.main(["--no-cache", "model.py"])
+
+    assert code == 2
+    assert "'max-call-depth'" in capsys.readouterr().err

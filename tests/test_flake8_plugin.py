@@ -124,6 +124,43 @@ def test_head_count_names_in_worker_processes(tmp_path):
     assert len(flake8_findings(result)) == 4
 
 
+RELAYED_BLOCK = """\
+import torch.nn as nn
+
+attn = nn.MultiheadAttention(8, 2)
+
+
+def relay(x, mask):
+    return attn(x, x, x, attn_mask=mask)
+
+
+def expand(x, mask, num_heads):
+    return relay(x, mask.repeat(num_heads, 1, 1))
+"""
+
+
+def test_max_call_depth_option(tmp_path):
+    """The expansion reaches the layer one call down: depth 0 follows no call, the default follows it."""
+    (tmp_path / "model.py").write_text(RELAYED_BLOCK)
+
+    default = run_flake8(["--select", "MSK", "model.py"], cwd=tmp_path)
+    no_calls = run_flake8(["--select", "MSK", "--maskcheck-max-call-depth", "0", "model.py"], cwd=tmp_path)
+
+    assert [finding[1:4] for finding in flake8_findings(default)] == [(11, 21, "MSK101")]
+    assert flake8_findings(no_calls) == []
+
+
+def test_invalid_max_call_depth_stops_flake8(tmp_path):
+    (tmp_path / "model.py").write_text(RELAYED_BLOCK)
+
+    result = run_flake8(["--maskcheck-max-call-depth", "-3", "model.py"], cwd=tmp_path)
+
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode != 0
+    assert "--maskcheck-max-call-depth: invalid call depth '-3'" in output
+    assert "Traceback" not in output
+
+
 def test_invalid_head_count_name_stops_flake8(tmp_path):
     (tmp_path / "block.py").write_text(FIXED_BLOCK)
 

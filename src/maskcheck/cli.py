@@ -173,6 +173,18 @@ def parse_consumer_callables(values: Sequence[str]) -> FrozenSet[str]:
     return _parse_names(values, dotted=True)
 
 
+def parse_call_depth(values: Sequence[str]) -> int:
+    """Parse one call depth, a whole number 0 or more; raise ValueError naming the value otherwise."""
+    text = ",".join(values).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"invalid call depth {text!r}: give a whole number, 0 or more")
+    return value
+
+
 def _parse_names(values: Sequence[str], dotted: bool) -> FrozenSet[str]:
     names = set()
     for value in values:
@@ -523,19 +535,21 @@ def merge_options(parser: argparse.ArgumentParser, options: argparse.Namespace, 
         extra_head_count_names=head_count_names,
         extra_consumer_callables=consumer_callables,
         max_file_size=max_file_size,
-        max_call_depth=DEFAULT_MAX_CALL_DEPTH if options.max_call_depth is None else options.max_call_depth,
+        max_call_depth=_first_set(options.max_call_depth, config.max_call_depth, DEFAULT_MAX_CALL_DEPTH),
     )
     return RunOptions(settings, code_filter, tuple(excludes), config.path)
 
 
+def _first_set(*values: Optional[int]) -> int:
+    """Return the first value that is not None: the command line's, then the configuration file's, then the default."""
+    return next(value for value in values if value is not None)
+
+
 def _call_depth(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid call depth {text!r}: give a whole number, 0 or more")
-    return value
+        return parse_call_depth([text])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _config_glob(glob: str, base: str) -> str:

@@ -31,6 +31,7 @@ KEYS: Dict[str, str] = {
     "head-count-names": "a list of Python identifiers, such as [\"n_attn\", \"groups\"]",
     "consumer-callables": "a list of dotted names of callables, such as [\"mylib.attention.fused_attention\"]",
     "max-file-size": "a positive whole number of bytes, such as 2097152",
+    "max-call-depth": "a whole number of calls, 0 or more, such as 6",
 }
 
 
@@ -56,6 +57,7 @@ class FileConfig:
     head_count_names: Optional[FrozenSet[str]] = None
     consumer_callables: Optional[FrozenSet[str]] = None
     max_file_size: Optional[int] = None
+    max_call_depth: Optional[int] = None
     values: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -147,6 +149,7 @@ def _check_table(path: str, where: str, table: Dict[str, Any], known_codes: Tupl
         head_count_names=checker.names("head-count-names", table.get("head-count-names"), dotted=False),
         consumer_callables=checker.names("consumer-callables", table.get("consumer-callables"), dotted=True),
         max_file_size=checker.size("max-file-size", table.get("max-file-size")),
+        max_call_depth=checker.count("max-call-depth", table.get("max-call-depth")),
         values=dict(table),
     )
 
@@ -218,6 +221,13 @@ class _Checker:
             return None
         # bool is a subclass of int, and `max-file-size = true` is a mistake, not 1 byte.
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(key, value)
+        return value
+
+    def count(self, key: str, value: Any) -> Optional[int]:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.fail(key, value)
         return value
 

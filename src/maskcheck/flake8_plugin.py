@@ -13,11 +13,11 @@ import argparse
 from typing import Any, Iterator, List, Sequence, Tuple
 
 from maskcheck import __version__
-from maskcheck.cli import parse_consumer_callables, parse_head_count_names, single_line
+from maskcheck.cli import parse_call_depth, parse_consumer_callables, parse_head_count_names, single_line
 from maskcheck.engine import check_source
 from maskcheck.findings import SourceError
 from maskcheck.noqa import file_is_skipped
-from maskcheck.settings import Settings
+from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH, Settings
 
 # Reported once, at line 1, when flake8 could parse the file but the engine raised SourceError, for example for
 # nesting past the engine's depth limit. Without it such a file would pass unchecked and unreported.
@@ -25,6 +25,7 @@ UNANALYSABLE_CODE = "MSK001"
 
 HEAD_COUNT_NAMES_OPTION = "--maskcheck-head-count-names"
 CONSUMER_CALLABLES_OPTION = "--maskcheck-consumer-callables"
+MAX_CALL_DEPTH_OPTION = "--maskcheck-max-call-depth"
 
 
 class MaskcheckPlugin:
@@ -65,13 +66,25 @@ class MaskcheckPlugin:
             help="comma-separated dotted names of your own attention callables whose attn_mask argument is read "
             "like nn.MultiheadAttention's (for example: mylib.attention.fused_attention)",
         )
+        parser.add_option(
+            MAX_CALL_DEPTH_OPTION,
+            default=str(DEFAULT_MAX_CALL_DEPTH),
+            parse_from_config=True,
+            help="follow calls into the project's own functions and layers at most this many calls deep "
+            f"(default: {DEFAULT_MAX_CALL_DEPTH}; 0 follows none)",
+        )
 
     @classmethod
     def parse_options(cls, options: argparse.Namespace) -> None:
         """Build the engine settings from flake8's parsed options; invalid names stop flake8 with a message."""
         head_count_names = cls._parse(options, HEAD_COUNT_NAMES_OPTION, parse_head_count_names)
         consumer_callables = cls._parse(options, CONSUMER_CALLABLES_OPTION, parse_consumer_callables)
-        cls.settings = Settings(extra_head_count_names=head_count_names, extra_consumer_callables=consumer_callables)
+        max_call_depth = cls._parse(options, MAX_CALL_DEPTH_OPTION, _call_depth_or_default)
+        cls.settings = Settings(
+            extra_head_count_names=head_count_names,
+            extra_consumer_callables=consumer_callables,
+            max_call_depth=max_call_depth,
+        )
         cls.disable_noqa = bool(getattr(options, "disable_noqa", False))
 
     @staticmethod
@@ -99,3 +112,10 @@ class MaskcheckPlugin:
 
         for finding in findings:
             yield finding.line, finding.col - 1, f"{finding.code} {single_line(finding.message)}", type(self)
+
+
+def _call_depth_or_default(values: Sequence[str]) -> int:
+    """Parse the call depth option; an empty value, as when the option was never registered, means the default."""
+    if not "".join(values).strip():
+        return DEFAULT_MAX_CALL_DEPTH
+    return parse_call_depth(values)
