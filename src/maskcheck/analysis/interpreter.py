@@ -31,7 +31,7 @@ from maskcheck.analysis.consumers import (
     find_argument,
     literal_bool,
 )
-from maskcheck.analysis.names import compact_text, dotted_name, label_text, source_text
+from maskcheck.analysis.names import compact_text, dotted_name, label_text
 from maskcheck.analysis.project import ModuleContext, ProjectIndex
 from maskcheck.settings import DEFAULT_HEAD_COUNT_NAMES, DEFAULT_MAX_CALL_DEPTH
 from maskcheck.analysis.values import (
@@ -99,6 +99,13 @@ _VIEW_OR_IN_PLACE_METHODS = frozenset(
         "tril_", "float_",
     }
 )
+
+# Broadcasting binary operations whose tensor argument can add axes to the receiver's: `a.logical_and(b)` of an
+# (N, L, 1) and an (N, 1, S) tensor is (N, L, S). With a scalar argument they keep the receiver's layout.
+_ELEMENTWISE_BINARY_METHODS = frozenset(
+    {"logical_and", "logical_or", "logical_xor", "mul", "multiply", "add", "sub", "bitwise_and", "bitwise_or"}
+)
+_ELEMENTWISE_BINARY_FUNCTIONS = frozenset(f"torch.{name}" for name in _ELEMENTWISE_BINARY_METHODS)
 
 _LAYOUT_KEEPING_FUNCTIONS = frozenset(
     {
@@ -781,7 +788,7 @@ class ModuleInterpreter:
             bound = scope.lookup(name)
             if not bound:
                 continue
-            evidence = f"the guard `{' '.join(source_text(test).split())}` shows axis 0 is the batch"
+            evidence = f"the guard `{tensor_ops.quote_code(test)}` shows axis 0 of `{name}` is the batch"
             scope.values[name] = tuple(
                 tensor_ops.mark_batch_axis(v, evidence) if isinstance(v, Tensor) else v for v in bound
             )
@@ -1067,6 +1074,8 @@ class ModuleInterpreter:
         return tuple(_computed(v) for v in operand if isinstance(v, Tensor)) or (UNKNOWN_VALUE,)
 
     def _evaluate_Comparison(self, node: cst.Comparison, scope: Scope) -> Alternatives:
+        # NOTE: the result keeps the left tensor's axes without broadcasting, so an outer product written as a
+        # comparison (`q_pos[:, :, None] >= k_pos[:, None, :]`) gives no batch evidence, unlike `&` or `*`.
         left = self.evaluate(node.left, scope)
         tensors: List[Value] = [v for v in left if isinstance(v, Tensor)]
         for target in node.comparisons:
@@ -1283,13 +1292,17 @@ class ModuleInterpreter:
             return self._index_select(tensor, positional[0], positional[1], node, scope)
         if name in ("matmul", "bmm", "__matmul__") and positional:
             others = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
-            return tuple(tensor_ops.matmul(tensor, other) for other in others) or (UNKNOWN_VALUE,)
+            return tuple(tensor_ops.matmul(tensor, other, node) for other in others) or (UNKNOWN_VALUE,)
         if name == "size":
             if positional:
                 return (Size(frozenset({compact_text(node)})),)
             return (ShapeOf(compact_text(method.node.value), tensor),)
         if name == "masked_fill" and positional:
             return self._masked_fill(tensor, positional[0], scope)
+        if name in _ELEMENTWISE_BINARY_METHODS and positional:
+            others = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
+            if others:
+                return join(tuple(_elementwise(tensor, other, node) for other in others))
         if name in _CONTIGUOUS_RESULT_METHODS:
             return (tensor.with_axes(tensor.axes, contiguous=True),)
         if name in _VIEW_OR_IN_PLACE_METHODS:
@@ -1381,6 +1394,12 @@ class ModuleInterpreter:
             return (self._construct(name, node, scope),)
 
         self._evaluate_arguments(node, scope)
+        if name in _ELEMENTWISE_BINARY_FUNCTIONS and len(positional) >= 2:
+            firsts = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
+            seconds = [v for v in self.evaluate(positional[1], scope) if isinstance(v, Tensor)]
+            if firsts and seconds:
+                return join(tuple(_elementwise(a, b, node) for a in firsts for b in seconds))
+            return tuple(_computed(v) for v in firsts or seconds) or (UNKNOWN_VALUE,)
         if name.startswith("torch.") and positional:
             as_method = _TORCH_FUNCTION_AS_METHOD.get(name)
             if as_method is not None:
@@ -1397,7 +1416,7 @@ class ModuleInterpreter:
         if name in ("torch.matmul", "torch.bmm") and len(positional) >= 2:
             firsts = [v for v in self.evaluate(positional[0], scope) if isinstance(v, Tensor)]
             seconds = [v for v in self.evaluate(positional[1], scope) if isinstance(v, Tensor)]
-            return tuple(tensor_ops.matmul(a, b) for a in firsts for b in seconds) or (UNKNOWN_VALUE,)
+            return tuple(tensor_ops.matmul(a, b, node) for a in firsts for b in seconds) or (UNKNOWN_VALUE,)
         if name == "builtins.dict" or name == "dict":
             return self._dict_call(node, scope)
         if not name.startswith("torch."):
@@ -1778,16 +1797,21 @@ def _is_size_expression(node: cst.BaseExpression) -> bool:
 
 def _binary(first: Value, second: Value, operator, node) -> Value:
     if isinstance(operator, cst.MatrixMultiply) and isinstance(first, Tensor) and isinstance(second, Tensor):
-        return tensor_ops.matmul(first, second)
+        return tensor_ops.matmul(first, second, node)
     if isinstance(first, Tensor) and isinstance(second, Tensor):
-        if first.axes is None and not first.steps and first.source and second.axes is not None:
-            return _computed(second)
-        return _computed(tensor_ops.broadcast(first, second))
+        return _elementwise(first, second, node)
     if isinstance(first, Tensor):
         return _computed(first)
     if isinstance(second, Tensor):
         return _computed(second)
     return UNKNOWN_VALUE
+
+
+def _elementwise(first: Tensor, second: Tensor, node: cst.CSTNode) -> Tensor:
+    """Combine two tensors with a broadcasting elementwise operation (`a & b`, `a.mul(b)`, `torch.logical_or`)."""
+    if first.axes is None and not first.steps and first.source and second.axes is not None:
+        return _computed(second)
+    return _computed(tensor_ops.elementwise(first, second, node))
 
 
 def _is_true(node: Optional[cst.BaseExpression]) -> bool:

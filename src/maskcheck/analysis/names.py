@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Iterable, Optional
+import io
+import tokenize
+from typing import Dict, FrozenSet, Iterable, Optional, Tuple
 
 import libcst as cst
 
@@ -30,6 +32,65 @@ def canonical(name: str) -> str:
 def source_text(node: cst.CSTNode) -> str:
     """Return the exact source text of a node (comments and line breaks inside it included)."""
     return _EMPTY_MODULE.code_for_node(node)
+
+
+def code_without_comments(node: cst.CSTNode) -> str:
+    """Return the node's source on one line and without comments.
+
+    Tokens that the source separates by whitespace get one space between them, except just inside brackets, so
+    `f(  # note` and `  a)` on two lines become `f(a)`.
+    """
+    text = source_text(node)
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return " ".join(text.split())
+    pieces = []
+    previous: Optional[tokenize.TokenInfo] = None
+    for token in tokens:
+        if token.type in _LAYOUT_TOKENS:
+            continue
+        if previous is not None and token.start != previous.end:
+            if previous.string not in _OPENING_BRACKETS and token.string not in _CLOSING_BRACKETS:
+                pieces.append(" ")
+        pieces.append(token.string)
+        previous = token
+    return "".join(pieces)
+
+
+_LAYOUT_TOKENS = frozenset(
+    {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+)
+_OPENING_BRACKETS = frozenset({"(", "[", "{"})
+_CLOSING_BRACKETS = frozenset({")", "]", "}"})
+
+
+def last_name(text: str) -> Optional[str]:
+    """Return the last name of a plain name or attribute chain (`num_heads` for `self.cfg.num_heads`), and None
+    for any other expression text, such as `bsz*self.num_heads` or `cfg["num_heads"]`."""
+    parts = text.split(".")
+    if all(part.isidentifier() for part in parts):
+        return parts[-1]
+    return None
+
+
+def product_terms(text: str) -> Tuple[str, ...]:
+    """Return the compact texts of the factors an expression text multiplies, parenthesised products included
+    (`("bsz", "self.num_heads")` for `bsz * self.num_heads`), or the text alone when it is not a product."""
+    try:
+        expression = cst.parse_expression(text)
+    except cst.ParserSyntaxError:
+        return (text,)
+    terms = []
+    stack = [expression]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.BinaryOperation) and isinstance(current.operator, cst.Multiply):
+            stack.append(current.right)
+            stack.append(current.left)
+        else:
+            terms.append(dotted_name(current) or compact_text(current))
+    return tuple(terms)
 
 
 def compact_text(node: cst.CSTNode) -> str:

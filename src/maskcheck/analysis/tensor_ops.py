@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import libcst as cst
 
+from maskcheck.analysis.names import code_without_comments
 from maskcheck.analysis.values import (
     BATCH,
     LOOP,
@@ -457,7 +458,34 @@ def broadcast(first: Tensor, second: Tensor) -> Tensor:
     return first.with_axes(tuple(axes))
 
 
-def matmul(first: Tensor, second: Tensor) -> Tensor:
+def elementwise(first: Tensor, second: Tensor, node: cst.CSTNode) -> Tensor:
+    """`a & b`, `a * b` and other broadcasting binary operations. Broadcasting an (N, L, 1) tensor against an
+    (N, 1, S) tensor builds one (L, S) mask per item of axis 0, so that axis indexes the examples, as for `matmul`."""
+    result = broadcast(first, second)
+    if result.axes is None or len(result.axes) != 3 or result.axes[0].is_singleton:
+        return result
+    if not _is_outer_product(first, second):
+        return result
+    evidence = (
+        f"`{quote_code(node)}` is an outer product of (N, L, 1) and (N, 1, S) tensors, so its axis 0 is the batch"
+    )
+    return result.with_axes((_with_role(result.axes[0], BATCH, evidence),) + result.axes[1:])
+
+
+def _is_outer_product(first: Tensor, second: Tensor) -> bool:
+    """True when one operand contributes the query axis and the other the key axis: (.., L, 1) with (.., 1, S),
+    in either order, each of rank 2 or more."""
+    if first.axes is None or second.axes is None or len(first.axes) < 2 or len(second.axes) < 2:
+        return False
+
+    def shape(tensor: Tensor) -> Tuple[bool, bool]:
+        return tensor.axes[-2].is_singleton, tensor.axes[-1].is_singleton
+
+    pair = (shape(first), shape(second))
+    return pair in (((False, True), (True, False)), ((True, False), (False, True)))
+
+
+def matmul(first: Tensor, second: Tensor, node: cst.CSTNode) -> Tensor:
     """`a @ b`: batch axes broadcast, then a's rows and b's columns (the outer product of (N, L, 1) and (N, 1, S)
     is an (N, L, S) per-example mask)."""
     if first.axes is None or second.axes is None or len(first.axes) < 2 or len(second.axes) < 2:
@@ -466,9 +494,24 @@ def matmul(first: Tensor, second: Tensor) -> Tensor:
     batch_axes = tuple(batch.axes)
     if first.axes[-1].is_singleton and second.axes[-2].is_singleton and len(batch_axes) == 1:
         # An outer product of (N, L, 1) and (N, 1, S): one (L, S) mask per item of the leading axis.
-        evidence = "the mask is built as a batched outer product of (N, L, 1) and (N, 1, S) tensors"
+        evidence = (
+            f"`{quote_code(node)}` is a batched outer product of (N, L, 1) and (N, 1, S) tensors, so its axis 0 is "
+            "the batch"
+        )
         batch_axes = (_with_role(batch_axes[0], BATCH, evidence),)
     return first.with_axes(batch_axes + (first.axes[-2], second.axes[-1]))
+
+
+# Maximum length of an expression that an evidence text quotes in full.
+_MAX_QUOTED = 60
+
+
+def quote_code(node: cst.CSTNode) -> str:
+    """Return an expression's code for a message: one line, without comments, cut to 60 characters."""
+    text = code_without_comments(node)
+    if len(text) > _MAX_QUOTED:
+        text = text[: _MAX_QUOTED - 3] + "..."
+    return text
 
 
 def _with_role(axis: Axis, role: str, evidence: str) -> Axis:

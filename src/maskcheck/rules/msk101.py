@@ -18,7 +18,7 @@ import libcst as cst
 from maskcheck.analysis.consumers import CONFIGURED_CONSUMER, UNKNOWN_CONSUMER
 from maskcheck.analysis.einops_patterns import swap_group
 from maskcheck.analysis.interpreter import MaskUse
-from maskcheck.analysis.names import source_text
+from maskcheck.analysis.names import code_without_comments, dotted_name, last_name, product_terms, source_text
 from maskcheck.analysis.values import BATCH, BATCH_SIZE_NAMES, HEAD, LOOP, UNKNOWN, Axis, Factor, OpRecord
 from maskcheck.chain import SOURCE_EXAMPLE, SOURCE_EXAMPLE_HEAD, SOURCE_HEAD
 from maskcheck.rules import Issue
@@ -28,6 +28,9 @@ CODE = "MSK101"
 TITLE = "head-major attention mask layout"
 
 _MAX_QUOTED = 90
+
+# The role of a copy count that multiplies the head count by another size. Neither check accepts it.
+_HEADS_TIMES_OTHER = "head count times another size"
 
 
 def check(use: MaskUse, settings: Settings) -> List[Issue]:
@@ -57,8 +60,20 @@ class _HeadCounts:
             if _without_self(text) in self.consumer_counts:
                 return f"`{text}` is the head count the layer was built with"
         for text in ordered:
-            if text.rsplit(".", 1)[-1] in self.names:
+            # Only a plain name or attribute chain can name the head count: `bsz*self.num_heads` is a product.
+            if last_name(text) in self.names:
                 return f"`{text}` names the head count"
+        return None
+
+    def multiplied_head_count(self, texts: FrozenSet[str]) -> Optional[str]:
+        """Return a text among `texts` that multiplies the head count by another size (`bsz*self.num_heads`),
+        unless one of them is exactly the layer's head count."""
+        if any(_without_self(text) in self.consumer_counts for text in texts):
+            return None
+        for text in sorted(texts):
+            terms = product_terms(text)
+            if len(terms) > 1 and any(self.evidence(frozenset({term})) for term in terms):
+                return text
         return None
 
 
@@ -70,11 +85,15 @@ def _resolve(factor: Factor, heads: _HeadCounts) -> Tuple[str, str]:
     """Return a factor's role and the evidence for it."""
     if factor.role in (BATCH, HEAD, LOOP):
         return factor.role, factor.evidence
+    if heads.multiplied_head_count(factor.sizes) is not None:
+        # `m.repeat(bsz * num_heads, 1, 1)` makes N*H copies of one mask: every slot gets the same data, and a
+        # source with an N axis of its own would give N*N*H slots, which the layer rejects.
+        return _HEADS_TIMES_OTHER, ""
     head_evidence = heads.evidence(factor.sizes)
     if head_evidence is not None:
         return HEAD, head_evidence
     for text in sorted(factor.sizes, key=len):
-        if text.rsplit(".", 1)[-1] in BATCH_SIZE_NAMES:
+        if last_name(text) in BATCH_SIZE_NAMES:
             return BATCH, f"`{text}` names the batch size"
     return UNKNOWN, ""
 
@@ -111,15 +130,15 @@ def _check_head_major(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
     (outer, inner) = axis.factors
     (outer_role, outer_evidence), (inner_role, inner_evidence) = _resolve(outer, heads), _resolve(inner, heads)
 
-    contract = _contract_evidence(use)
     if outer_role == HEAD and inner_role in (BATCH, UNKNOWN):
         head, batch = outer, inner
-        evidence = [outer_evidence, inner_evidence or contract]
+        evidence = [outer_evidence, inner_evidence or "so " + _contract_evidence(use, "the other factor", "the batch")]
         if head.varying and not batch.varying:
             evidence.insert(0, f"`{use.tensor.source}` holds one mask or bias per head on axis 0")
     elif outer_role == UNKNOWN and inner_role == BATCH:
+        # The batch is known (a guard, an outer product, a batch-size name), so the head count is inferred.
         head, batch = outer, inner
-        evidence = [inner_evidence, "the other factor must be the head count, " + contract]
+        evidence = [inner_evidence, _contract_evidence(use, _other_factor(head), "then the head count")]
     else:
         return None
     if not (head.varying or batch.varying):
@@ -141,10 +160,16 @@ def _check_head_major(use: MaskUse, heads: _HeadCounts) -> Optional[Issue]:
     )
 
 
-def _contract_evidence(use: MaskUse) -> str:
+def _contract_evidence(use: MaskUse, factor: str, role: str) -> str:
+    """Infer the role of the factor that nothing named, from the consumer's (N*num_heads, L, S) contract."""
     if use.consumer.kind == UNKNOWN_CONSUMER:
-        return f"so the batch is the other factor if `{use.consumer.callee}` passes `attn_mask` on"
-    return "so the other factor is the batch, as the (N*num_heads, L, S) shape requires"
+        return f"{factor} is {role} if `{use.consumer.callee}` passes `attn_mask` on"
+    return f"{factor} is {role}, as the (N*num_heads, L, S) shape requires"
+
+
+def _other_factor(factor: Factor) -> str:
+    texts = sorted(factor.sizes, key=lambda text: (text.isdigit(), len(text)))
+    return f"the other factor (`{texts[0]}`)" if texts else "the other factor"
 
 
 def _source_kind(head: Factor, batch: Factor) -> str:
@@ -235,7 +260,7 @@ def _one_line(code: str) -> str:
 
 
 def _quote(node: cst.CSTNode) -> str:
-    text = " ".join(source_text(node).split())
+    text = code_without_comments(node)
     if len(text) > _MAX_QUOTED:
         text = text[: _MAX_QUOTED - 3] + "..."
     return text
@@ -397,52 +422,94 @@ def _rewrite_cause(node: cst.CSTNode, cause: OpRecord) -> Optional[str]:
     if cause.kind == "unsqueeze":
         return _rewrite_new_leading_axis(node, cause.node)
     if cause.kind == "expand" and isinstance(cause.node, cst.Call):
-        parts = _call_parts(cause.node)
-        if parts is None:
+        # `X.expand(H, N, L, S)` or `torch.broadcast_to(X, (H, N, L, S))` added the head axis in front of X's axes.
+        copier = _copy_call(cause.node)
+        if copier is None:
             return None
-        receiver, method, args = parts
-        sizes = _counts(args)
+        receiver, method, shape_args, function = copier
+        sizes = _counts(shape_args)
         if len(sizes) < 2:
             return None
         swapped = [sizes[1], sizes[0]] + sizes[2:]
-        fixed = cst.parse_expression(f"{_wrap(receiver)}.unsqueeze(1).{method}({', '.join(swapped)})")
-        return source_text(node.deep_replace(cause.node, fixed))
+        fixed = _copy_call_text(f"{_wrap(source_text(receiver))}.unsqueeze(1)", method, shape_args, swapped, function)
+        return source_text(node.deep_replace(cause.node, cst.parse_expression(fixed)))
     return None
 
 
 def _rewrite_new_leading_axis(node: cst.CSTNode, inserted: cst.CSTNode) -> Optional[str]:
-    """`X.unsqueeze(0).expand(H, ...)` -> `X.unsqueeze(1).expand(-1, H, ...)`; `X[None]` -> `X[:, None]`."""
-    copier = _find_call_on(node, inserted)
+    """Move a new leading axis behind the batch axis: `X.unsqueeze(0).expand(H, ...)` becomes
+    `X.unsqueeze(1).expand(-1, H, ...)` and `X[None]` becomes `X[:, None]`. The copy call may also be `broadcast_to`,
+    `repeat` or `tile`, as a method or as a torch function (`torch.broadcast_to(X[None], shape)`)."""
+    found = _find_call_on(node, inserted)
+    if found is None:
+        return None
+    copier = _copy_call(found)
     if copier is None:
         return None
-    if isinstance(inserted, cst.Call) and isinstance(inserted.func, cst.Attribute):
+    _, method, shape_args, function = copier
+    if isinstance(inserted, cst.Call) and dotted_name(inserted.func) == "torch.unsqueeze":
+        if not inserted.args:
+            return None
+        new_axis = f"torch.unsqueeze({source_text(inserted.args[0].value)}, 1)"
+    elif isinstance(inserted, cst.Call) and isinstance(inserted.func, cst.Attribute):
         new_axis = f"{_wrap(source_text(inserted.func.value))}.unsqueeze(1)"
     elif isinstance(inserted, cst.Subscript) and len(inserted.slice) == 1:
         new_axis = f"{_wrap(source_text(inserted.value))}[:, None]"
     else:
         return None
-    method = copier.func.attr.value
-    sizes = _counts(list(copier.args))
+    sizes = _counts(shape_args)
     if len(sizes) < 2:
         return None
     keep = "-1" if method in ("expand", "broadcast_to") else "1"
     first_kept = sizes[1] if sizes[1].strip() not in ("-1", "1") else keep
     swapped = [first_kept, sizes[0]] + sizes[2:]
-    fixed = cst.parse_expression(f"{new_axis}.{method}({', '.join(swapped)})")
-    return source_text(node.deep_replace(copier, fixed))
+    fixed = _copy_call_text(new_axis, method, shape_args, swapped, function)
+    return source_text(node.deep_replace(found, cst.parse_expression(fixed)))
+
+
+# torch functions that copy their first argument along the sizes that follow it, and their method names.
+_COPY_FUNCTIONS = {"torch.broadcast_to": "broadcast_to", "torch.tile": "tile"}
+_COPY_METHODS = ("expand", "broadcast_to", "repeat", "tile")
+
+
+def _copy_call(call: cst.Call) -> Optional[Tuple[cst.BaseExpression, str, List[cst.Arg], Optional[str]]]:
+    """Split `X.expand(sizes)` or `torch.broadcast_to(X, shape)` into (X, method name, the size arguments, and
+    the function's name for the function form or None for the method form)."""
+    function = dotted_name(call.func)
+    if function in _COPY_FUNCTIONS:
+        if not call.args or call.args[0].keyword is not None:
+            return None
+        return call.args[0].value, _COPY_FUNCTIONS[function], list(call.args[1:]), function
+    if isinstance(call.func, cst.Attribute) and call.func.attr.value in _COPY_METHODS:
+        return call.func.value, call.func.attr.value, list(call.args), None
+    return None
+
+
+def _copy_call_text(
+    receiver: str, method: str, shape_args: List[cst.Arg], sizes: List[str], function: Optional[str]
+) -> str:
+    """Write the copy call again with new sizes, keeping the form of the original: function or method, and one
+    tuple or list argument or separate arguments."""
+    shape = ", ".join(sizes)
+    if len(shape_args) == 1 and isinstance(shape_args[0].value, cst.Tuple):
+        shape = f"({shape})"
+    elif len(shape_args) == 1 and isinstance(shape_args[0].value, cst.List):
+        shape = f"[{shape}]"
+    if function is not None:
+        return f"{function}({receiver}, {shape})"
+    return f"{receiver}.{method}({shape})"
 
 
 def _find_call_on(node: cst.CSTNode, receiver: cst.CSTNode) -> Optional[cst.Call]:
+    """Find the copy call inside `node` whose input is `receiver`, as a method (`receiver.expand(...)`) or as the
+    first argument of `torch.broadcast_to` or `torch.tile`."""
     stack = [node]
     while stack:
         current = stack.pop()
-        if (
-            isinstance(current, cst.Call)
-            and isinstance(current.func, cst.Attribute)
-            and current.func.value is receiver
-            and current.func.attr.value in ("expand", "broadcast_to", "repeat", "tile")
-        ):
-            return current
+        if isinstance(current, cst.Call):
+            copier = _copy_call(current)
+            if copier is not None and copier[0] is receiver:
+                return current
         stack.extend(current.children)
     return None
 
