@@ -196,13 +196,20 @@ def test_torch_tree_imports_skipped(tmp_path, monkeypatch):
     assert findings_of(caller, Settings(), False, monkeypatch) == []
 
 
-def test_import_of_folder_without_init_passes(tmp_path):
+def test_import_of_folder_without_init_passes(tmp_path, monkeypatch):
     """A folder without `__init__.py` beside the file can still hold a module that an import names."""
     (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "mixer.py").write_text(LAYER)
     caller = tmp_path / "caller.py"
-    caller.write_text("import blocks.mixer\n")
+    caller.write_text(
+        CALLER.format(imports="import blocks.mixer", init_imports="", layer="blocks.mixer.TokenMixer",
+                      expansion=HEAD_MAJOR)
+    )
 
+    found = findings_of(caller, Settings(), False, monkeypatch)
+    assert len(found) == 1
     assert engine._may_have_findings(caller.read_text(), str(caller), Settings())
+    assert findings_of(caller, Settings(), True, monkeypatch) == found
 
 
 def test_generated_sample_without_following_imports(sample, monkeypatch):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import ast
 import sys
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional
 
 # No module imported here imports libcst, which takes 0.5-0.8 s to import (see parsing.py). A run whose files all
 # fail the pre-filter or come from the result cache never needs it. `_load_analysis` imports the analysis.
-from maskcheck.analysis.consumer_specs import CONSUMER_TOKENS
-from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.findings import Finding, SourceError
 from maskcheck.parsing import TOO_DEEP, check_syntax_and_depth, parse_module
 from maskcheck.settings import Settings
@@ -88,59 +86,20 @@ def _load_analysis():
 def _may_have_findings(source: str, path: str, settings: Settings, tree: Optional[ast.Module] = None) -> bool:
     """Return False only when the module provably has no finding, so the expensive parse can be skipped.
 
-    A finding needs a consumer call: an attention layer, `multi_head_attention_forward` or a call with an
-    `attn_mask` argument. Every such call in this module names one of CONSUMER_TOKENS in its text. A consumer call
-    in other project code is reached only through `ProjectIndex.find`, and the analysis looks up only dotted names
-    that an import of this module starts (the names of other modules come from those modules, which must be found
-    first). A lookup `a.b.c` finds a file only when a search root contains `a.py` or a folder `a`, and names under
-    `torch.` and `einops.` are never looked up. So when no import of this module, at any nesting level, starts
-    with a name that exists in a search root, the analysis reads no other module and the module has no finding.
+    `maskcheck.reach` decides with the stdlib parser: it follows the definitions that the module's code can reach
+    through its imports and base classes, as the analysis follows them, and looks for a consumer or an
+    `attn_mask` argument in any of them. Its module docstring gives the argument step by step.
     """
-    if any(token in source for token in CONSUMER_TOKENS):
-        return True
-    if not settings.follow_imports:
-        return False
-    module_name, root = module_name_for(path)
-    if root is None:
-        # Not a file on disk: the analysis follows no import.
-        return False
+    from maskcheck import reach
+
     if tree is None:
         try:
             tree = ast.parse(source)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
+            # Only libcst may parse this (a newer grammar than the running Python), so let the analysis decide.
             return True
-    roots = search_roots(path, root)
-    package = package_of(module_name, path)
-    for first in _imported_top_names(tree, package):
-        if first in _NEVER_FOLLOWED:
-            continue
-        if any((folder / first).is_dir() or (folder / f"{first}.py").is_file() for folder in roots):
-            return True
-    return False
-
-
-# Top-level names whose modules the analysis never reads (see `ModuleInterpreter._project_object`).
-_NEVER_FOLLOWED = frozenset({"torch", "einops"})
-
-
-def _imported_top_names(tree: ast.Module, package: Optional[str]) -> Set[str]:
-    """Return the first part of every absolute module name that an import anywhere in the tree names.
-
-    Relative imports are resolved against `package` as `ImportTable` resolves them; one that leaves the package,
-    or that appears outside any package, binds no name the analysis resolves.
-    """
-    names: Set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                if node.module:
-                    names.add(node.module.split(".")[0])
-                continue
-            if package is None:
-                continue
-            parts = package.split(".")
-            if node.level - 1 < len(parts):
-                names.add(parts[0])
-    return names
+    try:
+        return reach.may_have_findings(tree, path, settings.follow_imports, source)
+    except RecursionError:
+        # Not expected, because every walk in reach.py is iterative; a failed check must not skip the module.
+        return True

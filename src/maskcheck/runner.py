@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from maskcheck import engine
+from maskcheck import engine, reach
 from maskcheck.cache import FileState, ResultCache, run_fingerprint, settings_fingerprint
 from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.files import STDIN_PATH, SourceFile, decode_source
@@ -274,6 +274,12 @@ def _recorded_lookups(enabled: bool) -> Iterator[Set[Tuple[Tuple[str, ...], str]
         # Importing ProjectIndex imports libcst, which a file that fails the pre-filter never needs. So `find` is
         # wrapped only when the engine first loads the analysis.
         engine.call_when_analysis_loads(_wrap_project_find)
+    global _reach_observed
+    if not _reach_observed:
+        _reach_observed = True
+        # The pre-filter reads imported modules too, and a module it skips keeps its result only while they
+        # are unchanged.
+        reach.LOOKUP_OBSERVERS.append(_record_lookup)
     _active_lookups.append(lookups)
     try:
         yield lookups
@@ -285,6 +291,12 @@ def _recorded_lookups(enabled: bool) -> Iterator[Set[Tuple[Tuple[str, ...], str]
 # The lookup sets of the `_recorded_lookups` blocks open in this process. Each lookup is added to all of them.
 _active_lookups: List[Set[Tuple[Tuple[str, ...], str]]] = []
 _find_wrapped = False
+_reach_observed = False
+
+
+def _record_lookup(lookup: Tuple[Tuple[str, ...], str]) -> None:
+    for lookups in _active_lookups:
+        lookups.add(lookup)
 
 
 def _wrap_project_find() -> None:

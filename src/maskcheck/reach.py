@@ -1,0 +1,882 @@
+"""Decide, with the stdlib parser only, whether a module can have a finding: a conservative reachability check.
+
+The engine runs this before the libcst parse and the abstract interpreter (analysis/interpreter.py). It may let a
+module through that has no finding, but it returns False only when the interpreter provably reports nothing for
+the module. The argument follows. Names in backticks are methods of `ModuleInterpreter` where no class is named.
+
+Units and contexts
+    A module is split into units: each function defined directly in the module body, each class defined directly
+    in the module body (its whole body, bases, methods and nested definitions), and everything else as one
+    top-level unit. Every statement of a module belongs to exactly one unit. The interpreter runs a statement with
+    the scope of a module context (`Scope.module_context`): that module's functions, classes and `ImportTable`
+    resolve the names the statement reads. The context is usually the module the statement is written in, but
+    not always (step 3). A pair (unit, context) means "statements of this unit may run with that context".
+
+1. What a finding needs. Findings are made by the rules from `MaskUse` values only, and only `_report` creates
+   them. `_report` is called from `_call_layer`, `_check_functional` and `_check_wrapper`.
+   a. `_call_layer` reports only for a `Layer` whose kind, or a member's kind, is a key of `LAYER_SPECS`.
+      `_build_layer` creates those layers, called by `_call_function` with that name. `_build_container` and
+      `_grow_container` create only container kinds. `_check_functional` runs for `FUNCTIONAL_MHA` only. So the
+      interpreter called a `QualifiedName` equal to `torch.nn.X` or `torch.nn.functional.X`, where X is one of
+      CONSUMER_NAMES. `_evaluate_Name` and `_evaluate_Attribute` create a `QualifiedName` from an import alias
+      (`ImportTable.resolve`), and `_attribute_of` extends one by an attribute name. `canonical` rewrites
+      prefixes only, so the last part of the name is X, and X is either the attribute name of an `Attribute`
+      node that ran, or the last part of the import target of a `Name` that ran. Both are signs (step 5).
+   b. `_check_wrapper` reports only when its call has an `attn_mask` keyword, or a `**` argument whose
+      `DictValue` has an "attn_mask" key. Such a key is made from a string constant by `_evaluate_Dict` and
+      `_assign_item`, or from a call's `attn_mask` keyword by `_dict_call` and `_bind_call` (which `invoke`
+      passes on to `**kwargs` in `_bind_parameters`, and `structural_only` keeps in constructor arguments). Any
+      call with that keyword is a sign, except one whose callee is provably a torch function that
+      `_call_function` drops the keyword of (step 5).
+   c. The `consumer_callables` setting only chooses the kind of a wrapper that `_check_wrapper` reports anyway
+      (`_is_configured_consumer` runs after the `attn_mask` test), so it adds no sign.
+   So a finding needs a statement with a sign to run, in a pair whose context gives it that sign.
+
+2. Where project code comes from. The interpreter reads another module only through `ProjectIndex.find`, called
+   only by `_project_object`. It returns a function or class defined directly in that module body, or follows a
+   name the module imports (up to 4 hops), and never looks up names under `torch.` or `einops.`. Its argument
+   is `ImportTable.resolve` of a `Name` or `Attribute` chain (`_evaluate_Name`, `_evaluate_Attribute`,
+   `_base_values`). `_resolve` below repeats this for every name and every dotted prefix of an attribute chain
+   in a unit, with every target an alias is ever imported as. It uses the same search roots (`search_roots`),
+   dotted names (`module_name_for`, `package_of`) and limits (`MAX_IMPORTED_MODULE_BYTES`, NUL bytes,
+   decoding), and follows up to `_MAX_REEXPORT_HOPS` hops, more than the interpreter. A module that the stdlib
+   cannot parse, but libcst might, counts as having a sign. A module-level variable of another module is never
+   followed (`_project_object` returns None for it), and neither is an attribute of an instance: step 3 covers
+   those.
+
+3. Which pairs run. Every function, class and instance value refers to a definition that some running
+   statement named. `FunctionRef` and `ClassRef` come from `_evaluate_Name` (the context's own `functions` and
+   `classes`) and from `_project_object`. `Instance` values come from calling a `ClassRef` (`_evaluate_Call`),
+   from base classes (`_base_instances`), and from `_run_class` for the root's classes and for classes nested in
+   a running unit. `_bind_parameters` gives parameters no instance. Bound methods, class methods, static methods
+   and `super()` find only methods of an instance's class and its project base classes (`_find_method`). The
+   closure in `_Search.run` adds these pairs, starting from every unit of the checked module in its own context
+   (`run`, `_module_scope`, `_run_class`):
+   a. (U, X) adds (top-level unit of X, X), because `_module_scope` runs X's top-level code. It also adds
+      (U, home of U), a superset.
+   b. (U, X) adds (D, home of D) for each function or class D that a name chain of U resolves to in X.
+   c. A class's methods also run with the context of a subclass's instance: `invoke` uses the instance's context
+      for a method found on a base class, `_run_class` runs a grand-base class's methods with the direct base's
+      module scope, and `class_attributes` runs each base with its own. So (C, X) adds (B, X) for each base B of
+      C, resolved in the home of C (`_base_instances` evaluates bases in the instance's context, which is the
+      home for a top-level class). A class nested in a running unit gets the context X of that unit as its
+      instance context (`_run_body`, `_run_class`), so its bases are resolved in X and add (B, X) too.
+
+4. Conclusion. Every statement the interpreter runs belongs to a pair in the closure, and runs with that
+   pair's context. If no pair has a sign, no statement that could create a consumer or an `attn_mask` key runs,
+   so `_report` is never called and the module has no finding. With `follow_imports` off, or for a path that is
+   not a file, there is no project index: only the module's own units, in its own context, count.
+
+5. Signs of a unit in context X (`_has_sign`).
+   - A `Name` or an attribute name equal to one of CONSUMER_NAMES.
+   - A string constant equal to one of CONSUMER_NAMES or to "attn_mask", except a statement made of a single
+     string (a docstring), which `_run_small` evaluates to nothing. This covers dict keys, `kw["attn_mask"] = m`
+     and, beyond need, `getattr(nn, "MultiheadAttention")`.
+   - A name whose import target in X ends in one of CONSUMER_NAMES (`from torch.nn import MultiheadAttention as
+     M`). Import statements themselves are not signs: the `ImportTable` only maps names that statements read.
+   - An `attn_mask` keyword in a call, unless the callee is a dotted name whose first part is bound only by
+     imports of X, and every target makes the full name one of `_MASK_DROPPING_TORCH_FUNCTIONS`
+     (`F.scaled_dot_product_attention`). The first part must be bound by nothing else in X or in the unit's
+     home module (assignments, parameters, loop targets, definitions), because `Scope.lookup` would find such a
+     binding first. `_evaluate_Name` and `_evaluate_Attribute` then give a `QualifiedName` under `torch.`, and
+     `_call_function` neither calls `_check_wrapper` for it nor passes its keywords on.
+   - A name or attribute read as an argument of `isinstance` or `issubclass` (directly, or inside a tuple or
+     list) is not a sign while neither function name is bound in X or the home module, nor imported by X:
+     `_call_unknown` evaluates such a call's arguments and returns a new unknown value.
+
+Caches. The facts of each module are kept in this process by path, dotted name and content digest, like the
+parsed modules of `ProjectIndex`. A pair whose whole closure had no sign is remembered with every lookup that
+search made, and is skipped by a later search only when its own lookups of those dotted names find the same files
+with the same content (`_CleanPairs`). This module imports only the stdlib and the analysis's stdlib-only modules
+(`consumer_specs`, `module_paths`): the other analysis modules import libcst. The few values it repeats from them
+are checked by tests/test_reach.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import os
+import stat
+import tokenize
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Deque, Dict, FrozenSet, List, Optional, Set, Tuple
+
+from maskcheck.analysis.consumer_specs import FUNCTIONAL_MHA, LAYER_SPECS, WRAPPER_KEYWORD
+from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
+
+# The last parts of the consumers' names: `MultiheadAttention`, the `Transformer` layers and
+# `multi_head_attention_forward`.
+CONSUMER_NAMES = frozenset(name.rpartition(".")[2] for name in (*LAYER_SPECS, FUNCTIONAL_MHA))
+
+MASK_KEYWORD = WRAPPER_KEYWORD
+
+# Builtins whose call drops the values of its arguments: `_call_unknown` evaluates them for nested consumer
+# calls and returns a new unknown value (dict, tuple, list and super are the names it treats otherwise).
+_GUARD_FUNCTIONS = frozenset({"isinstance", "issubclass"})
+
+_SIGN_STRINGS = CONSUMER_NAMES | {MASK_KEYWORD}
+
+# torch functions that take an `attn_mask` of their own. `_call_function` has no case for them, so it reaches
+# its `name.startswith("torch.")` test and neither calls `_check_wrapper` nor passes the keyword on. A list of
+# known names, not every `torch.` name, because some torch calls do pass keywords on, such as
+# `torch.utils.checkpoint.checkpoint` to the function it checkpoints.
+_MASK_DROPPING_TORCH_FUNCTIONS = frozenset(
+    {
+        "torch.nn.functional.scaled_dot_product_attention",
+        "torch._C._nn.scaled_dot_product_attention",
+    }
+)
+
+# `names._CANONICAL_PREFIXES`.
+_CANONICAL_PREFIXES = (
+    ("torch.nn.modules.activation.", "torch.nn."),
+    ("torch.nn.modules.transformer.", "torch.nn."),
+    ("torch.nn.modules.container.", "torch.nn."),
+    ("torch.nn.parameter.", "torch.nn."),
+    ("torch.nn.modules.", "torch.nn."),
+)
+
+# `_project_object` never looks up names with these prefixes.
+_NEVER_FOLLOWED_PREFIXES = ("torch.", "einops.")
+
+# `project.MAX_IMPORTED_MODULE_BYTES`: larger imported modules are not followed.
+MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
+
+# `_project_object` follows at most 4 re-exports; following more only finds more, which keeps this conservative.
+_MAX_REEXPORT_HOPS = 16
+
+# Source bytes of modules whose facts stay cached in this process, least recently used dropped first.
+# NOTE: not a bound on memory. Checking 60 transformers model files allocated about 4.7 bytes per source byte
+# of the modules loaded (tracemalloc, clean-pair table included), so this keeps about 80 MB.
+MAX_CACHED_SOURCE_BYTES = 16 * 1024 * 1024
+
+Chain = Tuple[str, ...]
+
+
+def canonical(name: str) -> str:
+    """Return the canonical dotted name the way `names.canonical` does."""
+    for prefix, replacement in _CANONICAL_PREFIXES:
+        if name.startswith(prefix):
+            return replacement + name[len(prefix) :]
+    return name
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Facts of one module
+
+
+@dataclass
+class Unit:
+    """The facts of one unit of a module that the reachability check reads."""
+
+    is_class: bool
+    # A context-free sign: a consumer name, a consumer or `attn_mask` string, or an `attn_mask` keyword in a call
+    # whose callee is not a plain dotted name.
+    has_fixed_sign: bool = False
+    # Every `Name` and every plain dotted `Attribute` chain, grouped by the first name.
+    chains: Dict[str, Set[Chain]] = field(default_factory=dict)
+    # The callees (plain dotted names) of calls with an `attn_mask` keyword.
+    mask_callees: Set[Chain] = field(default_factory=set)
+    # Names read outside the arguments of `isinstance` and `issubclass` calls, and inside them.
+    unguarded_names: Set[str] = field(default_factory=set)
+    guarded_names: Set[str] = field(default_factory=set)
+    # Whether an argument of such a call is a consumer name, and which of the two functions the unit calls so.
+    has_guarded_sign: bool = False
+    guard_callees: Set[str] = field(default_factory=set)
+    # Name chains in the bases of the unit's own class (class units only).
+    own_base_chains: Set[Chain] = field(default_factory=set)
+    # Name chains in the bases of classes nested anywhere inside the unit.
+    nested_base_chains: Set[Chain] = field(default_factory=set)
+
+
+@dataclass
+class ModuleFacts:
+    """The units of one module, its top-level definitions, and its imports as `ImportTable` reads them."""
+
+    path: str
+    units: List[Unit]
+    # Indices of the units of functions and classes defined directly in the module body, by name.
+    functions: Dict[str, List[int]]
+    classes: Dict[str, List[int]]
+    # Every dotted name each local name is imported as, anywhere in the module.
+    imports: Dict[str, Set[str]]
+    # Local names that an import binds to a target ending in a consumer name.
+    consumer_aliases: FrozenSet[str]
+    # Names bound anywhere in the module other than by an import.
+    bindings: FrozenSet[str]
+    # Names that can resolve to a definition: the keys of `imports`, `functions` and `classes`.
+    namespace: FrozenSet[str] = frozenset()
+    # (path, dotted name, content digest) of an imported module; None for the checked module's own text.
+    key: Optional[Tuple[str, str, str]] = None
+
+    TOP_LEVEL = 0
+
+    def __post_init__(self) -> None:
+        self.namespace = frozenset(self.imports) | frozenset(self.functions) | frozenset(self.classes)
+
+
+def build_facts(tree: ast.Module, package: Optional[str], path: str) -> ModuleFacts:
+    """Split a parsed module into units and collect the facts of each."""
+    units = [Unit(is_class=False)]
+    functions: Dict[str, List[int]] = {}
+    classes: Dict[str, List[int]] = {}
+    collector = _Collector(package)
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            functions.setdefault(statement.name, []).append(len(units))
+            units.append(collector.unit([statement], is_class=False))
+        elif isinstance(statement, ast.ClassDef):
+            classes.setdefault(statement.name, []).append(len(units))
+            units.append(collector.unit([statement], is_class=True))
+        else:
+            collector.add_to(units[0], [statement])
+    consumer_aliases = frozenset(
+        local
+        for local, targets in collector.imports.items()
+        if any(target.rpartition(".")[2] in CONSUMER_NAMES for target in targets)
+    )
+    return ModuleFacts(
+        path, units, functions, classes, collector.imports, consumer_aliases, frozenset(collector.bindings)
+    )
+
+
+class _Collector:
+    """Walks statements once and fills in units, the module's imports and its bindings."""
+
+    def __init__(self, package: Optional[str]) -> None:
+        self.package = package
+        self.imports: Dict[str, Set[str]] = {}
+        self.bindings: Set[str] = set()
+
+    def unit(self, statements: List[ast.stmt], is_class: bool) -> Unit:
+        unit = Unit(is_class=is_class)
+        self.add_to(unit, statements)
+        return unit
+
+    def add_to(self, unit: Unit, statements: List[ast.stmt]) -> None:
+        # Each node is visited before its children, so a docstring's `Expr` and an `isinstance` call are seen
+        # before the nodes they mark.
+        self._docstrings: Set[int] = set()
+        self._guarded: Dict[int, str] = {}
+        own_class = statements[0] if unit.is_class else None
+        stack: List[Optional[ast.AST]] = list(statements)
+        while stack:
+            node = stack.pop()
+            if node is None:
+                # An absent optional child, or the key of `**d` in a dict display.
+                continue
+            node_type = type(node)
+            if node_type in _VISITED_TYPES:
+                self._visit(node, unit, own_class)
+            fields = _CHILD_FIELDS.get(node_type)
+            if fields is None:
+                fields = _child_fields(node_type)
+            for name in fields:
+                value = getattr(node, name, None)
+                if type(value) is list:
+                    stack.extend(value)
+                else:
+                    stack.append(value)
+
+    def _visit(self, node: ast.AST, unit: Unit, own_class: Optional[ast.AST]) -> None:
+        if isinstance(node, ast.Name):
+            unit.chains.setdefault(node.id, set()).add((node.id,))
+            guard = self._guarded.get(id(node))
+            if guard is None:
+                unit.unguarded_names.add(node.id)
+            else:
+                unit.guarded_names.add(node.id)
+                unit.guard_callees.add(guard)
+            if node.id in CONSUMER_NAMES:
+                self._mark_sign(unit, guard)
+            if not isinstance(node.ctx, ast.Load):
+                self.bindings.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            chain = dotted_chain(node)
+            if chain is not None:
+                unit.chains.setdefault(chain[0], set()).add(chain)
+            if node.attr in CONSUMER_NAMES:
+                self._mark_sign(unit, self._guarded.get(id(node)))
+        elif isinstance(node, ast.Expr):
+            # A statement that is only a string (a docstring) evaluates to nothing.
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                self._docstrings.add(id(node.value))
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, str) and node.value in _SIGN_STRINGS and id(node) not in self._docstrings:
+                unit.has_fixed_sign = True
+        elif isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id in _GUARD_FUNCTIONS:
+                for argument in node.args:
+                    self._guard(argument, node.func.id)
+            if any(keyword.arg == MASK_KEYWORD for keyword in node.keywords):
+                callee = dotted_chain(node.func)
+                if callee is None:
+                    unit.has_fixed_sign = True
+                else:
+                    unit.mask_callees.add(callee)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            if not isinstance(node, ast.Lambda):
+                self.bindings.add(node.name)
+            arguments = node.args
+            for argument in arguments.posonlyargs + arguments.args + arguments.kwonlyargs:
+                self.bindings.add(argument.arg)
+            for argument in (arguments.vararg, arguments.kwarg):
+                if argument is not None:
+                    self.bindings.add(argument.arg)
+        elif isinstance(node, ast.ClassDef):
+            self.bindings.add(node.name)
+            base_chains = unit.own_base_chains if node is own_class else unit.nested_base_chains
+            for base in node.bases:
+                for part in ast.walk(base):
+                    chain = dotted_chain(part) if isinstance(part, (ast.Name, ast.Attribute)) else None
+                    if chain is not None:
+                        base_chains.add(chain)
+        elif isinstance(node, ast.Import):
+            self._add_import(node)
+        elif isinstance(node, ast.ImportFrom):
+            self._add_import_from(node)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            self.bindings.update(node.names)
+        elif isinstance(node, ast.ExceptHandler):
+            if node.name:
+                self.bindings.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)):
+            if node.name:
+                self.bindings.add(node.name)
+        elif isinstance(node, ast.MatchMapping):
+            if node.rest:
+                self.bindings.add(node.rest)
+        elif type(node).__name__ in ("TypeVar", "ParamSpec", "TypeVarTuple"):
+            # PEP 695 type parameters (Python 3.12 and later).
+            self.bindings.add(getattr(node, "name", ""))
+
+    def _guard(self, node: ast.AST, function: str) -> None:
+        """Mark the names and attributes whose value an `isinstance` or `issubclass` call drops."""
+        if isinstance(node, ast.Starred):
+            self._guard(node.value, function)
+        elif isinstance(node, (ast.Tuple, ast.List)):
+            for element in node.elts:
+                self._guard(element, function)
+        elif isinstance(node, (ast.Name, ast.Attribute)):
+            self._guarded[id(node)] = function
+
+    @staticmethod
+    def _mark_sign(unit: Unit, guard: Optional[str]) -> None:
+        if guard is None:
+            unit.has_fixed_sign = True
+        else:
+            unit.has_guarded_sign = True
+            unit.guard_callees.add(guard)
+
+    def _add_import(self, node: ast.Import) -> None:
+        # Same as `ImportTable._add_import`: `import a.b` binds `a`, `import a.b as c` binds `c` to `a.b`.
+        for alias in node.names:
+            if alias.asname is not None:
+                self.imports.setdefault(alias.asname, set()).add(alias.name)
+            else:
+                first = alias.name.split(".")[0]
+                self.imports.setdefault(first, set()).add(first)
+
+    def _add_import_from(self, node: ast.ImportFrom) -> None:
+        # Same as `ImportTable._add_import_from`: a star import binds nothing.
+        if any(alias.name == "*" for alias in node.names):
+            return
+        module_name = node.module
+        if node.level:
+            base = _relative_base(self.package, node.level)
+            if base is None:
+                return
+            module_name = f"{base}.{module_name}" if module_name else base
+        if module_name is None:
+            return
+        for alias in node.names:
+            local = alias.asname if alias.asname is not None else alias.name
+            self.imports.setdefault(local, set()).add(f"{module_name}.{alias.name}")
+
+
+# The node types `_Collector._visit` reads; the others are only walked through.
+_VISITED_TYPES = frozenset(
+    {
+        ast.Name, ast.Attribute, ast.Expr, ast.Constant, ast.Call, ast.FunctionDef, ast.AsyncFunctionDef,
+        ast.Lambda, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Global, ast.Nonlocal, ast.ExceptHandler,
+        ast.MatchAs, ast.MatchStar, ast.MatchMapping,
+    }
+    | {getattr(ast, name) for name in ("TypeVar", "ParamSpec", "TypeVarTuple") if hasattr(ast, name)}
+)
+
+# Fields of each node type that hold child nodes or lists of them, filled in on first use. The walk skips
+# expression contexts and operators, which hold no names, and the fields that hold strings or numbers. It also
+# skips the `alias` nodes of imports, which `_Collector._visit` reads from the import statement.
+_CHILD_FIELDS: Dict[type, Tuple[str, ...]] = {ast.Constant: ()}
+_SKIPPED_FIELDS = frozenset(
+    {
+        "ctx", "op", "ops", "id", "attr", "name", "names", "asname", "arg", "module", "level", "kind",
+        "conversion", "type_comment", "is_async", "simple", "rest", "kwd_attrs", "tag",
+    }
+)
+
+
+def _child_fields(node_type: type) -> Tuple[str, ...]:
+    # A value that is not a node (the `True` of a `case True:` pattern, a string in a list) has no children.
+    names = getattr(node_type, "_fields", ()) if issubclass(node_type, ast.AST) else ()
+    fields = tuple(name for name in names if name not in _SKIPPED_FIELDS)
+    _CHILD_FIELDS[node_type] = fields
+    return fields
+
+
+def _relative_base(package: Optional[str], dots: int) -> Optional[str]:
+    if package is None:
+        return None
+    parts = package.split(".")
+    if dots - 1 >= len(parts):
+        return None
+    return ".".join(parts[: len(parts) - (dots - 1)])
+
+
+def dotted_chain(node: ast.AST) -> Optional[Chain]:
+    """Return ("a", "b", "c") for `a.b.c` made of a Name and attributes only, else None."""
+    parts: List[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    parts.reverse()
+    return tuple(parts)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Loading imported modules, as `ProjectIndex.find` does
+
+
+class _Unparsable:
+    """A module the interpreter may parse with libcst although the stdlib parser rejects it."""
+
+
+UNPARSABLE = _Unparsable()
+
+# The result of a lookup: ModuleFacts, UNPARSABLE, or None for a module the interpreter does not follow.
+_Loaded = Optional[object]
+
+# (path, dotted name, content digest) of a loaded module.
+ModuleKey = Tuple[str, str, str]
+
+
+class _FactsCache:
+    """Facts of imported modules, keyed by path, dotted name and content digest, bounded by source size."""
+
+    def __init__(self, max_source_bytes: int) -> None:
+        self.max_source_bytes = max_source_bytes
+        self._entries: "OrderedDict[ModuleKey, Tuple[_Loaded, int]]" = OrderedDict()
+        self._source_bytes = 0
+
+    def get(self, key: ModuleKey) -> Tuple[bool, _Loaded]:
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        self._entries.move_to_end(key)
+        return True, entry[0]
+
+    def put(self, key: ModuleKey, facts: _Loaded, size: int) -> None:
+        self._entries[key] = (facts, size)
+        self._source_bytes += size
+        while self._source_bytes > self.max_source_bytes and len(self._entries) > 1:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._source_bytes -= dropped
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._source_bytes = 0
+
+
+_FACTS = _FactsCache(MAX_CACHED_SOURCE_BYTES)
+
+
+# Content digests of files by path, with the `os.stat` fields that must be unchanged for the digest to be reused.
+# NOTE: a file rewritten twice within one tick of the file system's clock, with the same size, keeps all of these
+# fields, so a process that checks files while they are being edited can see a stale digest. The analysis reads
+# each file again (`ProjectIndex._load`), so this only widens the race that any pre-filter has with an editor.
+_DIGESTS: Dict[str, Tuple[Tuple[int, ...], str]] = {}
+_MAX_DIGESTS = 200_000
+
+
+def _load(path: str, status: os.stat_result, dotted: str) -> Tuple[_Loaded, Optional[ModuleKey]]:
+    """Return the facts of a module file and its key, like `ProjectIndex._load`; no key when it cannot be read."""
+    signature = (status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino, status.st_dev)
+    known = _DIGESTS.get(path)
+    if known is not None and known[0] == signature:
+        key = (path, dotted, known[1])
+        cached, facts = _FACTS.get(key)
+        if cached:
+            return facts, key
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return None, None
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    if len(_DIGESTS) >= _MAX_DIGESTS:
+        _DIGESTS.clear()
+    _DIGESTS[path] = (signature, digest)
+    key = (path, dotted, digest)
+    cached, facts = _FACTS.get(key)
+    if cached:
+        return facts, key
+    facts = None
+    if len(data) <= MAX_IMPORTED_MODULE_BYTES and b"\x00" not in data:
+        facts = _parse_imported(data, key)
+    _FACTS.put(key, facts, len(data))
+    return facts, key
+
+
+def _parse_imported(data: bytes, key: ModuleKey) -> _Loaded:
+    """Return the facts of an imported module, None where `ProjectIndex._load` gives up, UNPARSABLE if unsure."""
+    path, dotted, _ = key
+    try:
+        text = data.decode(tokenize.detect_encoding(io.BytesIO(data).readline)[0])
+    except (UnicodeDecodeError, LookupError, SyntaxError, ValueError):
+        return None
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as error:
+        if "too many nested" in str(error.msg):
+            return None
+        # `check_syntax_and_depth` lets libcst decide when the stdlib parser fails (a newer grammar).
+        return UNPARSABLE
+    except (RecursionError, MemoryError, ValueError):
+        return None
+    try:
+        facts = build_facts(tree, package_of(dotted, path), path)
+    except RecursionError:
+        return UNPARSABLE
+    facts.key = key
+    return facts
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Pairs whose closure has no sign, shared by the checks of one process
+
+
+# A pair of imported modules' units: (home key, unit index, context key).
+PairKey = Tuple[ModuleKey, int, ModuleKey]
+# Every lookup one search made: (dotted name, key of what it found or None).
+Lookups = Tuple[Tuple[str, Optional[ModuleKey]], ...]
+
+
+class _CleanPairs:
+    """Pairs whose whole closure had no sign, with the lookups that closure was computed from.
+
+    A closure depends only on the facts of the modules it looked up, and a pair key names its own two modules by
+    content. So a pair stays clean for a later search whose own lookups of the same dotted names find the same
+    files with the same content, whatever search roots that search has. Each entry records all lookups of the
+    search that explored it, a superset of the closure's own.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.pairs: Dict[PairKey, int] = {}
+        self.lookups: Dict[int, Lookups] = {}
+        self._stored_lookups = 0
+
+    def add(self, pairs: List[PairKey], lookups: Lookups) -> None:
+        if len(self.pairs) + self._stored_lookups > self.max_entries:
+            self.clear()
+        number = len(self.lookups)
+        self.lookups[number] = lookups
+        self._stored_lookups += len(lookups)
+        for pair in pairs:
+            self.pairs.setdefault(pair, number)
+
+    def clear(self) -> None:
+        self.pairs.clear()
+        self.lookups.clear()
+        self._stored_lookups = 0
+
+
+# Checking 60 transformers model files stored 3,858 pairs and 59 lookup tuples (about 27,000 entries) in about
+# 4 MB (tracemalloc). At that ratio this bound on pairs plus lookups keeps the table to about 30 MB, an estimate.
+_CLEAN = _CleanPairs(max_entries=200_000)
+
+# Called with (search roots, dotted name) for every module lookup, like the result cache's wrapper around
+# `ProjectIndex.find`: a skipped module's cached result depends on the modules the check looked up.
+LOOKUP_OBSERVERS: List[Callable[[Tuple[Tuple[str, ...], str]], None]] = []
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The closure
+
+
+class _SignFound(Exception):
+    """Raised inside the search as soon as a pair with a sign, or an unparsable module, is reached."""
+
+
+class _Search:
+    """The closure of (unit, context) pairs of one checked module, by default stopped at the first sign."""
+
+    def __init__(self, root: ModuleFacts, roots: Optional[List[Path]], stop_at_signs: bool = True) -> None:
+        self.root = root
+        self.roots = [folder.resolve() for folder in roots] if roots is not None else None
+        self._roots_text = tuple(str(folder) for folder in self.roots or ())
+        self.stop_at_signs = stop_at_signs
+        # Without stopping: every pair visited, as (home path, unit index, context path, has a sign).
+        self.visited: List[Tuple[str, int, str, bool]] = []
+        self.found_sign = False
+        self._found: Dict[str, Tuple[_Loaded, Optional[ModuleKey]]] = {}
+        self._resolved: Dict[Tuple[int, Chain], List[Tuple[ModuleFacts, int]]] = {}
+        self._seen: Set[Tuple[int, int, int]] = set()
+        # Breadth first, so the checked module's own units are looked at before anything they reach.
+        self._pending: Deque[Tuple[ModuleFacts, int, ModuleFacts]] = deque()
+        self._explored: List[PairKey] = []
+        self._valid_lookups: Dict[int, bool] = {}
+        # Facts stay referenced while the search runs, so no id() in the keys above is reused.
+        self._alive: List[ModuleFacts] = [root]
+
+    def run(self) -> bool:
+        """Return True when some reachable pair has a sign."""
+        try:
+            for index in range(len(self.root.units)):
+                self._add(self.root, index, self.root)
+            while self._pending:
+                home, index, context = self._pending.popleft()
+                self._visit(home, index, context)
+        except _SignFound:
+            return True
+        if not self.found_sign and self._explored:
+            _CLEAN.add(self._explored, tuple((dotted, key) for dotted, (_, key) in self._found.items()))
+        return self.found_sign
+
+    def _sign(self) -> None:
+        self.found_sign = True
+        if self.stop_at_signs:
+            raise _SignFound
+
+    def _add(self, home: ModuleFacts, index: int, context: ModuleFacts) -> None:
+        key = (id(home), index, id(context))
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        if home.key is not None and context.key is not None:
+            pair = (home.key, index, context.key)
+            if self.stop_at_signs and self._is_clean(pair):
+                return
+            self._explored.append(pair)
+        self._pending.append((home, index, context))
+
+    def _is_clean(self, pair: PairKey) -> bool:
+        number = _CLEAN.pairs.get(pair)
+        if number is None:
+            return False
+        valid = self._valid_lookups.get(number)
+        if valid is None:
+            valid = all(self._find_key(dotted) == key for dotted, key in _CLEAN.lookups[number])
+            self._valid_lookups[number] = valid
+        return valid
+
+    def _visit(self, home: ModuleFacts, index: int, context: ModuleFacts) -> None:
+        unit = home.units[index]
+        signed = _has_sign(unit, home, context)
+        if not self.stop_at_signs:
+            self.visited.append((home.path, index, context.path, signed))
+        if signed:
+            self._sign()
+        self._add(context, ModuleFacts.TOP_LEVEL, context)
+        if context is not home:
+            self._add(home, index, home)
+
+        # Step 3b: definitions the unit's names resolve to in this context.
+        for head in unit.chains.keys() & context.namespace:
+            for chain in unit.chains[head]:
+                for target_home, target in self._resolve(context, chain):
+                    self._add(target_home, target, target_home)
+
+        # Step 3c: base classes also run with the context of the subclass's instance.
+        for chain in unit.nested_base_chains:
+            for target_home, target in self._resolve(context, chain):
+                self._add(target_home, target, context)
+        if unit.is_class:
+            for chain in unit.own_base_chains:
+                for target_home, target in self._resolve(home, chain):
+                    self._add(target_home, target, context)
+
+    def _resolve(self, context: ModuleFacts, chain: Chain) -> List[Tuple[ModuleFacts, int]]:
+        """Return the units of the functions and classes a name chain can refer to in a context."""
+        key = (id(context), chain)
+        cached = self._resolved.get(key)
+        if cached is not None:
+            return cached
+        found: List[Tuple[ModuleFacts, int]] = []
+        head = chain[0]
+        if len(chain) == 1:
+            for index in context.functions.get(head, []) + context.classes.get(head, []):
+                found.append((context, index))
+        rest = "." + ".".join(chain[1:]) if len(chain) > 1 else ""
+        for target in context.imports.get(head, ()):
+            self._project_object(canonical(target + rest), 0, found)
+        self._resolved[key] = found
+        return found
+
+    def _project_object(self, qualified: str, hops: int, found: List[Tuple[ModuleFacts, int]]) -> None:
+        """Add the definitions `ModuleInterpreter._project_object` can return for a dotted name."""
+        if self.roots is None or qualified.startswith(_NEVER_FOLLOWED_PREFIXES) or hops > _MAX_REEXPORT_HOPS:
+            return
+        module_name, _, symbol = qualified.rpartition(".")
+        if not module_name:
+            return
+        facts = self._find(module_name)
+        if facts is None:
+            return
+        if not isinstance(facts, ModuleFacts):
+            # An unparsable module: the interpreter may still parse it with libcst and find anything in it.
+            self._sign()
+            return
+        indices = facts.functions.get(symbol, []) + facts.classes.get(symbol, [])
+        if indices:
+            found.extend((facts, index) for index in indices)
+            return
+        for target in facts.imports.get(symbol, ()):
+            reexported = canonical(target)
+            if reexported != qualified:
+                self._project_object(reexported, hops + 1, found)
+
+    def _find(self, dotted: str) -> _Loaded:
+        """Return the facts of a project module by dotted name, searching the roots as `ProjectIndex.find` does."""
+        found = self._found.get(dotted)
+        if found is None:
+            found = self._lookup(dotted)
+        return found[0]
+
+    def _find_key(self, dotted: str) -> Optional[ModuleKey]:
+        found = self._found.get(dotted)
+        if found is None:
+            found = self._lookup(dotted)
+        return found[1]
+
+    def _lookup(self, dotted: str) -> Tuple[_Loaded, Optional[ModuleKey]]:
+        for observer in LOOKUP_OBSERVERS:
+            observer((self._roots_text, dotted))
+        found: Tuple[_Loaded, Optional[ModuleKey]] = (None, None)
+        # The candidates of `ProjectIndex.find`, as strings: `os.stat` on them is several times faster than
+        # pathlib's `is_file`. Dotted names come from identifiers, so no part is empty, `.` or `..`.
+        relative = dotted.replace(".", os.sep)
+        for root in self._roots_text:
+            for candidate in (f"{root}{os.sep}{relative}.py", f"{root}{os.sep}{relative}{os.sep}__init__.py"):
+                status = _regular_file_status(candidate)
+                if status is not None:
+                    found = _load(candidate, status, dotted)
+                    break
+            else:
+                continue
+            break
+        self._found[dotted] = found
+        if isinstance(found[0], ModuleFacts):
+            self._alive.append(found[0])
+        return found
+
+
+def _regular_file_status(path: str) -> Optional[os.stat_result]:
+    """Return the status of a regular file (following links, as `Path.is_file` does), else None."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status if stat.S_ISREG(status.st_mode) else None
+
+
+def _has_sign(unit: Unit, home: ModuleFacts, context: ModuleFacts) -> bool:
+    """Return True when the unit, run with this context, can create a consumer or an `attn_mask` key (step 5)."""
+    if unit.has_fixed_sign:
+        return True
+    aliases = context.consumer_aliases
+    if aliases and not aliases.isdisjoint(unit.unguarded_names):
+        return True
+    if unit.guard_callees and not all(_is_builtin(name, home, context) for name in unit.guard_callees):
+        if unit.has_guarded_sign or (aliases and not aliases.isdisjoint(unit.guarded_names)):
+            return True
+    return any(not _is_mask_dropping_torch_call(callee, home, context) for callee in unit.mask_callees)
+
+
+def _is_builtin(name: str, home: ModuleFacts, context: ModuleFacts) -> bool:
+    """Return True when a name read in this pair provably evaluates to an unknown value, as builtins do."""
+    return name not in home.bindings and name not in context.bindings and name not in context.imports
+
+
+def _is_mask_dropping_torch_call(callee: Chain, home: ModuleFacts, context: ModuleFacts) -> bool:
+    """Return True when the callee provably evaluates to a torch function that drops an `attn_mask` keyword."""
+    head = callee[0]
+    if head in home.bindings or head in context.bindings:
+        return False
+    targets = context.imports.get(head)
+    if not targets:
+        return False
+    rest = "." + ".".join(callee[1:]) if len(callee) > 1 else ""
+    return all(canonical(target + rest) in _MASK_DROPPING_TORCH_FUNCTIONS for target in targets)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def may_have_findings(tree: ast.Module, path: str, follow_imports: bool, source: Optional[str] = None) -> bool:
+    """Return False only when the analysis provably reports nothing for this module (see the module docstring).
+
+    `tree` is the stdlib tree of `source`, the module's text. When `source` is the text of the file at `path`,
+    the module's facts are shared with the checks of other modules that import it.
+    """
+    module_name, root = module_name_for(path) if follow_imports else (None, None)
+    roots = search_roots(path, root) if root is not None else None
+    facts = None
+    if module_name is not None and source is not None:
+        facts = _facts_of_own_file(tree, path, module_name, source)
+    if facts is None:
+        facts = build_facts(tree, package_of(module_name, path), path)
+    return _Search(facts, roots).run()
+
+
+def _facts_of_own_file(tree: ast.Module, path: str, module_name: str, source: str) -> Optional[ModuleFacts]:
+    """Return the module's facts under the key an import of it would use, if `source` is the file's text."""
+    resolved = str(Path(path).resolve())
+    status = _regular_file_status(resolved)
+    if status is None or status.st_size > MAX_IMPORTED_MODULE_BYTES:
+        return None
+    try:
+        with open(resolved, "rb") as file:
+            data = file.read()
+        text = data.decode(tokenize.detect_encoding(io.BytesIO(data).readline)[0])
+    except (OSError, UnicodeDecodeError, LookupError, SyntaxError):
+        return None
+    # The engine's text has its newlines translated (`files.decode_source`); facts do not depend on line ends.
+    if b"\x00" in data or text.replace("\r\n", "\n").replace("\r", "\n") != source:
+        return None
+    key = (resolved, module_name, hashlib.blake2b(data, digest_size=16).hexdigest())
+    cached, facts = _FACTS.get(key)
+    if cached:
+        return facts if isinstance(facts, ModuleFacts) else None
+    facts = build_facts(tree, package_of(module_name, resolved), resolved)
+    facts.key = key
+    _FACTS.put(key, facts, len(data))
+    return facts
+
+
+def clear_cache() -> None:
+    """Forget the cached facts of imported modules and the pairs known to have no sign."""
+    _FACTS.clear()
+    _CLEAN.clear()
+    _DIGESTS.clear()
+
+
+def reached_pairs(tree: ast.Module, path: str, follow_imports: bool = True) -> List[Tuple[str, int, str, bool]]:
+    """Return every pair of a module's closure as (home path, unit index, context path, has a sign).
+
+    Unlike `may_have_findings`, this explores the whole closure instead of stopping at the first sign. For tests
+    and for finding out why a module passes.
+    """
+    module_name, root = module_name_for(path) if follow_imports else (None, None)
+    roots = search_roots(path, root) if root is not None else None
+    search = _Search(build_facts(tree, package_of(module_name, path), path), roots, stop_at_signs=False)
+    search.run()
+    return search.visited
