@@ -569,3 +569,61 @@ def test_facts_of_every_syntax():
         facts.bindings
     )
     assert ("nn", "Linear") in unit.chains["nn"]
+
+
+OPAQUE_BASE_CALLERS = {
+    "alias_of_base": '''\
+from .helpers import attend_with
+from .plainbase import PlainBase
+
+Base = PlainBase
+
+
+class Block(Base):
+    pass
+''',
+    "base_from_factory": '''\
+from .helpers import attend_with
+from .plainbase import PlainBase
+
+
+def base_class():
+    return PlainBase
+
+
+class Block(base_class()):
+    pass
+''',
+}
+
+
+@pytest.mark.parametrize("kind", list(OPAQUE_BASE_CALLERS))
+def test_base_given_by_value_passes(library, kind, monkeypatch):
+    """A base named through a variable or a call gets its class from the interpreter, so the module passes."""
+    caller = library / "gen" / f"caller_{kind}.py"
+    caller.write_text(OPAQUE_BASE_CALLERS[kind])
+
+    assert passes(caller)
+    assert findings_of(caller, True, monkeypatch) == findings_of(caller, False, monkeypatch)
+
+
+def test_linked_module_uses_package_of_link(tmp_path, monkeypatch):
+    """A link `pkg/link.py` to `pkg/real/__init__.py` resolves `.layers` from `pkg`, as the analysis does."""
+    package = tmp_path / "pkg"
+    (package / "real").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text(
+        "import torch.nn as nn\n\nattn = nn.MultiheadAttention(16, 4)\n\n\n"
+        "def run(x, m):\n    return attn(x, x, x, None, True, m)\n"
+    )
+    (package / "real" / "__init__.py").write_text(
+        "from .layers import run\n\n\ndef f(x, mask, num_heads):\n    return run(x, mask.repeat(num_heads, 1, 1))\n"
+    )
+    link = package / "link.py"
+    link.symlink_to(package / "real" / "__init__.py")
+    reach.clear_cache()
+
+    without = findings_of(link, False, monkeypatch)
+
+    assert len(without) == 1
+    assert findings_of(link, True, monkeypatch) == without

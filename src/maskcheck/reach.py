@@ -61,6 +61,9 @@ Units and contexts
       C, resolved in the home of C (`_base_instances` evaluates bases in the instance's context, which is the
       home for a top-level class). A class nested in a running unit gets the context X of that unit as its
       instance context (`_run_body`, `_run_class`), so its bases are resolved in X and add (B, X) too.
+      A base that is not a plain dotted name (a call, a subscript), or whose first name is bound in its module
+      by anything but an import, `def` or `class` (`Base = B`), gets its class from the interpreter's values,
+      which this check does not follow: such a module passes.
 
 4. Conclusion. Every statement the interpreter runs belongs to a pair in the closure, and runs with that
    pair's context. If no pair has a sign, no statement that could create a consumer or an `attn_mask` key runs,
@@ -191,6 +194,8 @@ class Unit:
     own_base_chains: Set[Chain] = field(default_factory=set)
     # Name chains in the bases of classes nested anywhere inside the unit.
     nested_base_chains: Set[Chain] = field(default_factory=set)
+    # Whether a base of a class in the unit is not a plain dotted name (`make_base()`, `Generic[T]`).
+    has_opaque_base: bool = False
 
 
 @dataclass
@@ -208,6 +213,8 @@ class ModuleFacts:
     consumer_aliases: FrozenSet[str]
     # Names bound anywhere in the module other than by an import.
     bindings: FrozenSet[str]
+    # The subset of `bindings` bound other than by a `def` or `class` statement.
+    value_bindings: FrozenSet[str]
     # Names that can resolve to a definition: the keys of `imports`, `functions` and `classes`.
     namespace: FrozenSet[str] = frozenset()
     # (path, dotted name, content digest) of an imported module; None for the checked module's own text.
@@ -240,7 +247,14 @@ def build_facts(tree: ast.Module, package: Optional[str], path: str) -> ModuleFa
         if any(target.rpartition(".")[2] in CONSUMER_NAMES for target in targets)
     )
     return ModuleFacts(
-        path, units, functions, classes, collector.imports, consumer_aliases, frozenset(collector.bindings)
+        path,
+        units,
+        functions,
+        classes,
+        collector.imports,
+        consumer_aliases,
+        frozenset(collector.bindings),
+        frozenset(collector.value_bindings),
     )
 
 
@@ -251,6 +265,12 @@ class _Collector:
         self.package = package
         self.imports: Dict[str, Set[str]] = {}
         self.bindings: Set[str] = set()
+        # Names bound other than by a `def` or `class` statement: assignments, parameters, loop targets.
+        self.value_bindings: Set[str] = set()
+
+    def _bind(self, name: str) -> None:
+        self.bindings.add(name)
+        self.value_bindings.add(name)
 
     def unit(self, statements: List[ast.stmt], is_class: bool) -> Unit:
         unit = Unit(is_class=is_class)
@@ -294,7 +314,7 @@ class _Collector:
             if node.id in CONSUMER_NAMES:
                 self._mark_sign(unit, guard)
             if not isinstance(node.ctx, ast.Load):
-                self.bindings.add(node.id)
+                self._bind(node.id)
         elif isinstance(node, ast.Attribute):
             chain = dotted_chain(node)
             if chain is not None:
@@ -323,14 +343,17 @@ class _Collector:
                 self.bindings.add(node.name)
             arguments = node.args
             for argument in arguments.posonlyargs + arguments.args + arguments.kwonlyargs:
-                self.bindings.add(argument.arg)
+                self._bind(argument.arg)
             for argument in (arguments.vararg, arguments.kwarg):
                 if argument is not None:
-                    self.bindings.add(argument.arg)
+                    self._bind(argument.arg)
         elif isinstance(node, ast.ClassDef):
             self.bindings.add(node.name)
             base_chains = unit.own_base_chains if node is own_class else unit.nested_base_chains
             for base in node.bases:
+                if dotted_chain(base) is None:
+                    # A call, subscript or other expression: the class it gives is not known from names.
+                    unit.has_opaque_base = True
                 for part in ast.walk(base):
                     chain = dotted_chain(part) if isinstance(part, (ast.Name, ast.Attribute)) else None
                     if chain is not None:
@@ -340,19 +363,20 @@ class _Collector:
         elif isinstance(node, ast.ImportFrom):
             self._add_import_from(node)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            self.bindings.update(node.names)
+            for name in node.names:
+                self._bind(name)
         elif isinstance(node, ast.ExceptHandler):
             if node.name:
-                self.bindings.add(node.name)
+                self._bind(node.name)
         elif isinstance(node, (ast.MatchAs, ast.MatchStar)):
             if node.name:
-                self.bindings.add(node.name)
+                self._bind(node.name)
         elif isinstance(node, ast.MatchMapping):
             if node.rest:
-                self.bindings.add(node.rest)
+                self._bind(node.rest)
         elif type(node).__name__ in ("TypeVar", "ParamSpec", "TypeVarTuple"):
             # PEP 695 type parameters (Python 3.12 and later).
-            self.bindings.add(getattr(node, "name", ""))
+            self._bind(getattr(node, "name", ""))
 
     def _guard(self, node: ast.AST, function: str) -> None:
         """Mark the names and attributes whose value an `isinstance` or `issubclass` call drops."""
@@ -694,12 +718,20 @@ class _Search:
                 for target_home, target in self._resolve(context, chain):
                     self._add(target_home, target, target_home)
 
-        # Step 3c: base classes also run with the context of the subclass's instance.
+        # Step 3c: base classes also run with the context of the subclass's instance. A base that names no
+        # definition directly (`Base = B` then `class M(Base)`, or `class M(make_base())`) is given its value by the
+        # interpreter, which this check does not follow, so the module passes.
+        if unit.has_opaque_base:
+            self._sign()
         for chain in unit.nested_base_chains:
+            if chain[0] in context.value_bindings:
+                self._sign()
             for target_home, target in self._resolve(context, chain):
                 self._add(target_home, target, context)
         if unit.is_class:
             for chain in unit.own_base_chains:
+                if chain[0] in home.value_bindings:
+                    self._sign()
                 for target_home, target in self._resolve(home, chain):
                     self._add(target_home, target, context)
 
@@ -840,6 +872,10 @@ def may_have_findings(tree: ast.Module, path: str, follow_imports: bool, source:
 def _facts_of_own_file(tree: ast.Module, path: str, module_name: str, source: str) -> Optional[ModuleFacts]:
     """Return the module's facts under the key an import of it would use, if `source` is the file's text."""
     resolved = str(Path(path).resolve())
+    if package_of(module_name, resolved) != package_of(module_name, path):
+        # A link named differently from its target (`link.py` to `real/__init__.py`): the analysis resolves
+        # relative imports from the path it was given, so the facts shared under the target's key do not apply.
+        return None
     status = _regular_file_status(resolved)
     if status is None or status.st_size > MAX_IMPORTED_MODULE_BYTES:
         return None

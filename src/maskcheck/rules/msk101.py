@@ -77,6 +77,15 @@ class _HeadCounts:
         return None
 
 
+def _without_unit_factors(texts: FrozenSet[str]) -> FrozenSet[str]:
+    """Drop factors of 1 from products: `1*self.num_heads` names the same count as `self.num_heads`."""
+    kept = set()
+    for text in texts:
+        terms = [term for term in product_terms(text) if term != "1"]
+        kept.add(terms[0] if len(terms) == 1 else text)
+    return frozenset(kept)
+
+
 def _without_self(text: str) -> str:
     return text[5:] if text.startswith("self.") else text
 
@@ -85,14 +94,15 @@ def _resolve(factor: Factor, heads: _HeadCounts) -> Tuple[str, str]:
     """Return a factor's role and the evidence for it."""
     if factor.role in (BATCH, HEAD, LOOP):
         return factor.role, factor.evidence
-    if heads.multiplied_head_count(factor.sizes) is not None:
+    sizes = _without_unit_factors(factor.sizes)
+    if heads.multiplied_head_count(sizes) is not None:
         # `m.repeat(bsz * num_heads, 1, 1)` makes N*H copies of one mask: every slot gets the same data, and a
         # source with an N axis of its own would give N*N*H slots, which the layer rejects.
         return _HEADS_TIMES_OTHER, ""
-    head_evidence = heads.evidence(factor.sizes)
+    head_evidence = heads.evidence(sizes)
     if head_evidence is not None:
         return HEAD, head_evidence
-    for text in sorted(factor.sizes, key=len):
+    for text in sorted(sizes, key=len):
         if last_name(text) in BATCH_SIZE_NAMES:
             return BATCH, f"`{text}` names the batch size"
     return UNKNOWN, ""
