@@ -15,6 +15,7 @@ import pytest
 
 from maskcheck.analysis import project
 from maskcheck.analysis.interpreter import ModuleInterpreter
+from maskcheck.analysis.source_cache import SourceSizeCache
 from maskcheck.engine import check_source
 from maskcheck.findings import SourceError
 from maskcheck.settings import Settings
@@ -212,7 +213,7 @@ def test_same_module_found_once_per_file(package, monkeypatch, fresh_cache):
 
 
 def test_parse_cache_bounded_by_source_bytes():
-    cache = project._ParsedModules(max_source_bytes=100)
+    cache = SourceSizeCache(max_source_bytes=100)
     for index in range(5):
         cache.put((f"module_{index}.py", f"module_{index}", "digest"), None, 40)
 
@@ -222,7 +223,7 @@ def test_parse_cache_bounded_by_source_bytes():
 
 
 def test_parse_cache_keeps_one_oversized_module():
-    cache = project._ParsedModules(max_source_bytes=10)
+    cache = SourceSizeCache(max_source_bytes=10)
     cache.put(("large.py", "large", "digest"), None, 50)
 
     assert cache.get(("large.py", "large", "digest")) == (True, None)

@@ -103,13 +103,14 @@ import io
 import os
 import stat
 import tokenize
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Deque, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from maskcheck.analysis.consumer_specs import FUNCTIONAL_MHA, LAYER_SPECS, WRAPPER_KEYWORD
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
+from maskcheck.analysis.source_cache import SourceSizeCache
 
 # The last parts of the consumers' names: `MultiheadAttention`, the `Transformer` layers and
 # `multi_head_attention_forward`.
@@ -491,34 +492,8 @@ _Loaded = Optional[object]
 ModuleKey = Tuple[str, str, str]
 
 
-class _FactsCache:
-    """Facts of imported modules, keyed by path, dotted name and content digest, bounded by source size."""
-
-    def __init__(self, max_source_bytes: int) -> None:
-        self.max_source_bytes = max_source_bytes
-        self._entries: "OrderedDict[ModuleKey, Tuple[_Loaded, int]]" = OrderedDict()
-        self._source_bytes = 0
-
-    def get(self, key: ModuleKey) -> Tuple[bool, _Loaded]:
-        entry = self._entries.get(key)
-        if entry is None:
-            return False, None
-        self._entries.move_to_end(key)
-        return True, entry[0]
-
-    def put(self, key: ModuleKey, facts: _Loaded, size: int) -> None:
-        self._entries[key] = (facts, size)
-        self._source_bytes += size
-        while self._source_bytes > self.max_source_bytes and len(self._entries) > 1:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._source_bytes -= dropped
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._source_bytes = 0
-
-
-_FACTS = _FactsCache(MAX_CACHED_SOURCE_BYTES)
+# Facts of imported modules, keyed by path, dotted name and content digest.
+_FACTS = SourceSizeCache(MAX_CACHED_SOURCE_BYTES)
 
 
 # Content digests of files by path, with the `os.stat` fields that must be unchanged for the digest to be reused.

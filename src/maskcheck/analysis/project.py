@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import tokenize
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -19,6 +18,7 @@ import libcst as cst
 
 from maskcheck.analysis.names import ImportTable
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
+from maskcheck.analysis.source_cache import SourceSizeCache
 from maskcheck.findings import SourceError
 from maskcheck.parsing import check_syntax_and_depth, parse_module
 
@@ -56,39 +56,10 @@ class ModuleContext:
 MAX_CACHED_SOURCE_BYTES = 4 * 1024 * 1024
 
 
-class _ParsedModules:
-    """Parsed imported modules shared by every file that one process checks, keyed by path, name and content.
-
-    Reusing a tree changes only how long a lookup takes, never what it returns, because the key contains the
-    file's content digest and the dotted name the module is built with, and the analysis never changes a
-    ModuleContext.
-    """
-
-    def __init__(self, max_source_bytes: int) -> None:
-        self.max_source_bytes = max_source_bytes
-        self._entries: "OrderedDict[Tuple[str, str, str], Tuple[Optional[ModuleContext], int]]" = OrderedDict()
-        self._source_bytes = 0
-
-    def get(self, key: Tuple[str, str, str]) -> Tuple[bool, Optional[ModuleContext]]:
-        entry = self._entries.get(key)
-        if entry is None:
-            return False, None
-        self._entries.move_to_end(key)
-        return True, entry[0]
-
-    def put(self, key: Tuple[str, str, str], context: Optional[ModuleContext], size: int) -> None:
-        self._entries[key] = (context, size)
-        self._source_bytes += size
-        while self._source_bytes > self.max_source_bytes and len(self._entries) > 1:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._source_bytes -= dropped
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._source_bytes = 0
-
-
-_PARSED = _ParsedModules(MAX_CACHED_SOURCE_BYTES)
+# Parsed imported modules shared by every file that one process checks. Reusing a tree changes only how long a
+# lookup takes, never what it returns: the key contains the content digest and the dotted name the module is built
+# with, and the analysis never changes a ModuleContext.
+_PARSED = SourceSizeCache(MAX_CACHED_SOURCE_BYTES)
 
 
 class ProjectIndex:
@@ -97,7 +68,7 @@ class ProjectIndex:
     Each analysed file gets its own index. The index returns the same ModuleContext for a dotted name every time
     it is asked during that file's analysis, so the analysis of one file never gets a module parsed twice, and
     its result does not depend on which files the process checked before. Parsed trees are reused between files
-    through a process-wide cache keyed by content (`_ParsedModules`).
+    through a process-wide cache keyed by content (`_PARSED`).
     """
 
     def __init__(self, roots: List[Path]) -> None:
