@@ -150,7 +150,7 @@ _NEVER_FOLLOWED_PREFIXES = ("torch.", "einops.")
 # `project.MAX_IMPORTED_MODULE_BYTES`: larger imported modules are not followed.
 MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
 
-# `_project_object` follows at most 4 re-exports; following more only finds more, which keeps this conservative.
+# `_project_object` follows at most 4 re-exports. Following more here only finds more, so the check stays conservative.
 _MAX_REEXPORT_HOPS = 16
 
 # Source bytes of modules whose facts stay cached in this process, least recently used dropped first.
@@ -218,7 +218,7 @@ class ModuleFacts:
     value_bindings: FrozenSet[str]
     # Names that can resolve to a definition: the keys of `imports`, `functions` and `classes`.
     namespace: FrozenSet[str] = frozenset()
-    # (path, dotted name, content digest) of an imported module; None for the checked module's own text.
+    # (path, dotted name, content digest) of an imported module, or None for the checked module's own text.
     key: Optional[Tuple[str, str, str]] = None
 
     TOP_LEVEL = 0
@@ -423,7 +423,7 @@ class _Collector:
             self.imports.setdefault(local, set()).add(f"{module_name}.{alias.name}")
 
 
-# The node types `_Collector._visit` reads; the others are only walked through.
+# The node types `_Collector._visit` reads. The others are only walked through.
 _VISITED_TYPES = frozenset(
     {
         ast.Name, ast.Attribute, ast.Expr, ast.Constant, ast.Call, ast.FunctionDef, ast.AsyncFunctionDef,
@@ -505,7 +505,7 @@ _MAX_DIGESTS = 200_000
 
 
 def _load(path: str, status: os.stat_result, dotted: str) -> Tuple[_Loaded, Optional[ModuleKey]]:
-    """Return the facts of a module file and its key, like `ProjectIndex._load`; no key when it cannot be read."""
+    """Return the facts of a module file and its key, like `ProjectIndex._load`, with no key when it cannot be read."""
     signature = (status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino, status.st_dev)
     known = _DIGESTS.get(path)
     if known is not None and known[0] == signature:
@@ -860,7 +860,7 @@ def _facts_of_own_file(tree: ast.Module, path: str, module_name: str, source: st
         text = data.decode(tokenize.detect_encoding(io.BytesIO(data).readline)[0])
     except (OSError, UnicodeDecodeError, LookupError, SyntaxError):
         return None
-    # The engine's text has its newlines translated (`files.decode_source`); facts do not depend on line ends.
+    # The engine's text has its newlines translated (`files.decode_source`), and facts do not depend on line ends.
     if b"\x00" in data or text.replace("\r\n", "\n").replace("\r", "\n") != source:
         return None
     key = (resolved, module_name, hashlib.blake2b(data, digest_size=16).hexdigest())

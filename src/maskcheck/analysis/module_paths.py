@@ -22,7 +22,7 @@ def package_of(name: Optional[str], path: str) -> Optional[str]:
 def module_name_for(path: str) -> Tuple[Optional[str], Optional[Path]]:
     """Return the dotted module name of a file and the folder its top package sits in.
 
-    The name is built from the folders above the file that hold an `__init__.py`; a file outside any package is a
+    The name is built from the folders above the file that hold an `__init__.py`. A file outside any package is a
     top-level module of its own folder. Returns (None, None) for a path that is not a file on disk.
     """
     file = Path(path)
