@@ -607,6 +607,129 @@ def test_base_given_by_value_passes(library, kind, monkeypatch):
     assert findings_of(caller, True, monkeypatch) == findings_of(caller, False, monkeypatch)
 
 
+# Bases the check reads without giving up: (source, whether the module passes).
+BASE_FORMS = {
+    # The subscript's index is a type variable, a value; only the subscripted class decides the base.
+    "generic_with_type_variable": (
+        """\
+from typing import Generic, TypeVar
+
+from .plainbase import PlainBase
+
+T = TypeVar("T")
+
+
+class Box(Generic[T]):
+    pass
+""",
+        False,
+    ),
+    "subscript_of_tuple": (
+        """\
+from .helpers import attend_with
+from .plainbase import PlainBase
+
+BASES = (PlainBase,)
+
+
+class Block(BASES[0]):
+    pass
+""",
+        True,
+    ),
+    "library_call": (
+        """\
+from collections import namedtuple
+
+
+class Point(namedtuple("Point", "x y")):
+    pass
+""",
+        False,
+    ),
+    "call_with_project_class": (
+        """\
+from six import with_metaclass
+
+from .helpers import attend_with
+from .plainbase import PlainBase
+
+
+class Block(with_metaclass(type, PlainBase)):
+    pass
+""",
+        True,
+    ),
+    # An optional import with a fallback value: the check follows the imported class. The interpreter reads only
+    # the fallback value today, so neither run has a finding.
+    "import_with_fallback_class": (
+        """\
+from .helpers import attend_with
+
+try:
+    from .plainbase import PlainBase
+except ImportError:
+    PlainBase = object
+
+
+class Block(PlainBase):
+    pass
+""",
+        True,
+    ),
+    "import_with_fallback_none": (
+        """\
+try:
+    import jinja2
+except ImportError:
+    jinja2 = None
+
+
+class Loader(jinja2.BaseLoader):
+    pass
+""",
+        False,
+    ),
+    "alias_of_itself": (
+        """\
+Base = Base.inner
+
+
+class Block(Base):
+    pass
+""",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(BASE_FORMS))
+def test_base_forms(library, form, monkeypatch):
+    """Subscripts, library calls and alias assignments in bases are read, and the findings stay the same."""
+    text, passing = BASE_FORMS[form]
+    caller = library / "gen" / f"caller_{form}.py"
+    caller.write_text(text)
+
+    assert passes(caller) == passing
+    assert findings_of(caller, True, monkeypatch) == findings_of(caller, False, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [BASE_FORMS["subscript_of_tuple"][0], OPAQUE_BASE_CALLERS["alias_of_base"], OPAQUE_BASE_CALLERS["base_from_factory"]],
+    ids=["subscript_of_tuple", "alias_of_base", "base_from_factory"],
+)
+def test_passing_base_forms_reach_a_layer(library, text):
+    """The interpreter reaches nn.MultiheadAttention through these bases, so the check must let them pass."""
+    caller = library / "gen" / "caller_base.py"
+    caller.write_text(text)
+    project_index, module_name = ProjectIndex.for_file(str(caller))
+    uses = ModuleInterpreter(cst.parse_module(text), str(caller), module_name, project_index).run()
+
+    assert [use.consumer.kind for use in uses] == [consumers.MULTIHEAD_ATTENTION]
+    assert passes(caller)
+
+
 def test_linked_module_uses_package_of_link(tmp_path, monkeypatch):
     """A link `pkg/link.py` to `pkg/real/__init__.py` resolves `.layers` from `pkg`, as the analysis does."""
     package = tmp_path / "pkg"

@@ -61,9 +61,18 @@ Units and contexts
       C, resolved in the home of C (`_base_instances` evaluates bases in the instance's context, which is the
       home for a top-level class). A class nested in a running unit gets the context X of that unit as its
       instance context (`_run_body`, `_run_class`), so its bases are resolved in X and add (B, X) too.
-      A base that is not a plain dotted name (a call, a subscript), or whose first name is bound in its module
-      by anything but an import, `def` or `class` (`Base = B`), gets its class from the interpreter's values,
-      which this check does not follow: such a module passes.
+      Some bases get their class from values the interpreter computes, which this check does not follow. A
+      module with such a base passes. These bases are:
+      - a dotted base whose first name is bound by anything but an import, `def`, `class` or an alias
+        assignment (`X = Y.Z`, `X = None`). An alias assignment is followed: its dotted names count as bases
+        too;
+      - a subscript (`BASES[0]`) whose subscripted value is such a base. `_subscript_of` gives a class only
+        from a list, tuple or dict value. For a function, class, qualified name or unbound name it gives an
+        unknown value, so the index of `Generic[T]` never decides the base;
+      - a call in which some name chain (callee or argument) resolves to a project function or class, or is
+        such a bound name. A library function's call returns a new unknown value. Only `_IDENTITY_WRAPPERS`
+        and `_CALLS_FIRST_ARGUMENT` return an argument's value, and a class there is named by such a chain;
+      - any other expression.
 
 4. Conclusion. Every statement the interpreter runs belongs to a pair in the closure, and runs with that
    pair's context. If no pair has a sign, no statement that could create a consumer or an `attn_mask` key runs,
@@ -153,6 +162,9 @@ MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
 # `_project_object` follows at most 4 re-exports. Following more here only finds more, so the check stays conservative.
 _MAX_REEXPORT_HOPS = 16
 
+# Dotted names one base chain may expand to through alias assignments before the module passes.
+_MAX_ALIAS_EXPANSIONS = 64
+
 # Source bytes of modules whose facts stay cached in this process, least recently used dropped first.
 # NOTE: not a bound on memory. Checking 60 transformers model files allocated about 4.7 bytes per source byte
 # of the modules loaded (tracemalloc, clean-pair table included), so this keeps about 80 MB.
@@ -191,11 +203,15 @@ class Unit:
     # Whether an argument of such a call is a consumer name, and which of the two functions the unit calls so.
     has_guarded_sign: bool = False
     guard_callees: Set[str] = field(default_factory=set)
-    # Name chains in the bases of the unit's own class (class units only).
+    # Name chains in the bases of the unit's own class (class units only); of a subscript, only in its value.
     own_base_chains: Set[Chain] = field(default_factory=set)
-    # Name chains in the bases of classes nested anywhere inside the unit.
+    # The same for the bases of classes nested anywhere inside the unit.
     nested_base_chains: Set[Chain] = field(default_factory=set)
-    # Whether a base of a class in the unit is not a plain dotted name (`make_base()`, `Generic[T]`).
+    # Name chains anywhere in bases written as calls (`make_base()`, `with_metaclass(Meta, Base)`), of the unit's own
+    # class and of nested classes.
+    own_call_base_chains: Set[Chain] = field(default_factory=set)
+    nested_call_base_chains: Set[Chain] = field(default_factory=set)
+    # Whether a base of a class in the unit is neither a dotted name, nor a subscript of one, nor a call.
     has_opaque_base: bool = False
 
 
@@ -214,8 +230,11 @@ class ModuleFacts:
     consumer_aliases: FrozenSet[str]
     # Names bound anywhere in the module other than by an import.
     bindings: FrozenSet[str]
-    # The subset of `bindings` bound other than by a `def` or `class` statement.
+    # The subset of `bindings` bound other than by a `def` or `class` statement or an alias assignment.
     value_bindings: FrozenSet[str]
+    # Names bound by an alias assignment (`Base = layers.Block`, `jinja2 = None`) anywhere in the module, with every
+    # dotted name assigned to each.
+    aliases: Dict[str, FrozenSet[Chain]]
     # Names that can resolve to a definition: the keys of `imports`, `functions` and `classes`.
     namespace: FrozenSet[str] = frozenset()
     # (path, dotted name, content digest) of an imported module, or None for the checked module's own text.
@@ -256,6 +275,7 @@ def build_facts(tree: ast.Module, package: Optional[str], path: str) -> ModuleFa
         consumer_aliases,
         frozenset(collector.bindings),
         frozenset(collector.value_bindings),
+        {name: frozenset(chains) for name, chains in collector.aliases.items()},
     )
 
 
@@ -266,8 +286,13 @@ class _Collector:
         self.package = package
         self.imports: Dict[str, Set[str]] = {}
         self.bindings: Set[str] = set()
-        # Names bound other than by a `def` or `class` statement: assignments, parameters, loop targets.
+        # Names bound other than by a `def` or `class` statement or an alias assignment: assignments, parameters,
+        # loop targets.
         self.value_bindings: Set[str] = set()
+        # Names bound by `X = Y.Z` or `X = None`: the dotted names assigned to each (none for a constant).
+        self.aliases: Dict[str, Set[Chain]] = {}
+        # The target `Name` nodes of those assignments, by id.
+        self._alias_targets: Set[int] = set()
 
     def _bind(self, name: str) -> None:
         self.bindings.add(name)
@@ -314,7 +339,11 @@ class _Collector:
                 unit.guard_callees.add(guard)
             if node.id in CONSUMER_NAMES:
                 self._mark_sign(unit, guard)
-            if not isinstance(node.ctx, ast.Load):
+            if isinstance(node.ctx, ast.Load):
+                pass
+            elif id(node) in self._alias_targets:
+                self.bindings.add(node.id)
+            else:
                 self._bind(node.id)
         elif isinstance(node, ast.Attribute):
             chain = dotted_chain(node)
@@ -350,15 +379,35 @@ class _Collector:
                     self._bind(argument.arg)
         elif isinstance(node, ast.ClassDef):
             self.bindings.add(node.name)
-            base_chains = unit.own_base_chains if node is own_class else unit.nested_base_chains
+            own = node is own_class
             for base in node.bases:
-                if dotted_chain(base) is None:
-                    # A call, subscript or other expression: the class it gives is not known from names.
+                # `Generic[T]` and `BASES[0]`: the subscripted value decides the class (step 3c).
+                value = base
+                while isinstance(value, ast.Subscript):
+                    value = value.value
+                if dotted_chain(value) is not None:
+                    found = unit.own_base_chains if own else unit.nested_base_chains
+                elif isinstance(base, ast.Call):
+                    found = unit.own_call_base_chains if own else unit.nested_call_base_chains
+                    value = base
+                else:
                     unit.has_opaque_base = True
-                for part in ast.walk(base):
+                    continue
+                for part in ast.walk(value):
                     chain = dotted_chain(part) if isinstance(part, (ast.Name, ast.Attribute)) else None
                     if chain is not None:
-                        base_chains.add(chain)
+                        found.add(chain)
+        elif isinstance(node, ast.Assign):
+            value = node.value
+            chain = dotted_chain(value)
+            if (chain is not None or isinstance(value, ast.Constant)) and all(
+                isinstance(target, ast.Name) for target in node.targets
+            ):
+                for target in node.targets:
+                    self._alias_targets.add(id(target))
+                    assigned = self.aliases.setdefault(target.id, set())
+                    if chain is not None:
+                        assigned.add(chain)
         elif isinstance(node, ast.Import):
             self._add_import(node)
         elif isinstance(node, ast.ImportFrom):
@@ -428,7 +477,7 @@ _VISITED_TYPES = frozenset(
     {
         ast.Name, ast.Attribute, ast.Expr, ast.Constant, ast.Call, ast.FunctionDef, ast.AsyncFunctionDef,
         ast.Lambda, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Global, ast.Nonlocal, ast.ExceptHandler,
-        ast.MatchAs, ast.MatchStar, ast.MatchMapping,
+        ast.MatchAs, ast.MatchStar, ast.MatchMapping, ast.Assign,
     }
     | {getattr(ast, name) for name in ("TypeVar", "ParamSpec", "TypeVarTuple") if hasattr(ast, name)}
 )
@@ -693,22 +742,48 @@ class _Search:
                 for target_home, target in self._resolve(context, chain):
                     self._add(target_home, target, target_home)
 
-        # Step 3c: base classes also run with the context of the subclass's instance. A base that names no
-        # definition directly (`Base = B` then `class M(Base)`, or `class M(make_base())`) is given its value by the
-        # interpreter, which this check does not follow, so the module passes.
+        # Step 3c: base classes also run with the context of the subclass's instance. A base given its class by a
+        # value the interpreter computes (`Base = B` then `class M(Base)`, or `class M(make_base())` with a
+        # project `make_base`) is not followed here, so the module passes.
         if unit.has_opaque_base:
             self._sign()
         for chain in unit.nested_base_chains:
-            if chain[0] in context.value_bindings:
-                self._sign()
-            for target_home, target in self._resolve(context, chain):
+            for target_home, target in self._base_targets(context, chain):
                 self._add(target_home, target, context)
+        for chain in unit.nested_call_base_chains:
+            if self._base_targets(context, chain):
+                self._sign()
         if unit.is_class:
             for chain in unit.own_base_chains:
-                if chain[0] in home.value_bindings:
-                    self._sign()
-                for target_home, target in self._resolve(home, chain):
+                for target_home, target in self._base_targets(home, chain):
                     self._add(target_home, target, context)
+            for chain in unit.own_call_base_chains:
+                if self._base_targets(home, chain):
+                    self._sign()
+
+    def _base_targets(self, module: ModuleFacts, chain: Chain) -> List[Tuple[ModuleFacts, int]]:
+        """Return the definitions a name chain in a base can refer to in a module, following alias assignments.
+
+        Calls `_sign` when the first name of the chain, or of a dotted name assigned to it, is bound to a
+        computed value.
+        """
+        found: List[Tuple[ModuleFacts, int]] = []
+        pending = [chain]
+        seen = {chain}
+        while pending:
+            current = pending.pop()
+            if current[0] in module.value_bindings:
+                self._sign()
+            found.extend(self._resolve(module, current))
+            for assigned in module.aliases.get(current[0], ()):
+                extended = assigned + current[1:]
+                if extended not in seen:
+                    if len(seen) >= _MAX_ALIAS_EXPANSIONS:
+                        # `A = A.b` grows without end; give up the way an opaque base does.
+                        self._sign()
+                    seen.add(extended)
+                    pending.append(extended)
+        return found
 
     def _resolve(self, context: ModuleFacts, chain: Chain) -> List[Tuple[ModuleFacts, int]]:
         """Return the units of the functions and classes a name chain can refer to in a context."""

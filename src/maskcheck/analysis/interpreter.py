@@ -895,6 +895,8 @@ class ModuleInterpreter:
     def _evaluate_Name(self, node: cst.Name, scope: Scope) -> Alternatives:
         if node.value in ("True", "False", "None"):
             return (UNKNOWN_VALUE,)
+        # NOTE: a name both imported and assigned (`try: from .layers import Block` then `except ImportError:
+        # Block = object`) reads only the assigned value, so calls through the imported class are not followed.
         bound = scope.lookup(node.value)
         if bound is not None:
             return bound
