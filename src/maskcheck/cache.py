@@ -11,7 +11,8 @@ An entry is valid only while all of these are unchanged:
   settings (the caller passes everything that changes a result into `run_fingerprint`).
 
 Entries live in `<project root>/.maskcheck_cache/v<FORMAT_VERSION>/`, one JSON file per checked file and setting
-combination, so a changed file, or a new build of maskcheck, overwrites the file's entry instead of adding one. Entries are written to a temporary
+combination, so a changed file, or a new build of maskcheck, overwrites the file's entry instead of adding one. The
+pre-filter's module index lives next to them, in `index-v<N>/` (`index_store`). Entries are written to a temporary
 file and renamed into place, so a reader never sees half an entry. An entry that cannot be read or parsed is
 ignored with an INFO log line (`-v`) and rewritten; it is never an error.
 """
@@ -339,14 +340,22 @@ class ResultCache:
         return self._entries / name[:2] / f"{name[2:]}.json"
 
     def _prepare_directory(self, folder: Path) -> None:
-        if folder.is_dir():
-            return
-        if not self.directory.is_dir():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            # Like ruff's cache: ignored by git without touching the project's .gitignore, and tagged for backups.
-            _write_atomically(self.directory / ".gitignore", b"# Made by maskcheck.\n*\n")
-            _write_atomically(self.directory / "CACHEDIR.TAG", _CACHEDIR_TAG.encode())
-        folder.mkdir(parents=True, exist_ok=True)
+        prepare_cache_folder(self.directory, folder)
+
+
+def prepare_cache_folder(directory: Path, folder: Path) -> None:
+    """Create `folder` inside the cache folder `directory`, and mark `directory` when this creates it.
+
+    Raises OSError when a folder cannot be created or a marker file cannot be written.
+    """
+    if folder.is_dir():
+        return
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        # Like ruff's cache: ignored by git without touching the project's .gitignore, and tagged for backups.
+        _write_atomically(directory / ".gitignore", b"# Made by maskcheck.\n*\n")
+        _write_atomically(directory / "CACHEDIR.TAG", _CACHEDIR_TAG.encode())
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

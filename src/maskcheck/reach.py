@@ -102,6 +102,8 @@ search made, and is skipped by a later search only when its own lookups of those
 with the same content (`_CleanPairs`). This module imports only the stdlib and the analysis's stdlib-only modules
 (`consumer_specs`, `module_paths`): the other analysis modules import libcst. The few values it repeats from them
 are checked by tests/test_reach.py.
+
+With the cache on, the facts are also kept on disk between runs (`INDEX_STORE`, from `maskcheck.index_store`).
 """
 
 from __future__ import annotations
@@ -115,11 +117,14 @@ import tokenize
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Deque, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from maskcheck.analysis.consumer_specs import FUNCTIONAL_MHA, LAYER_SPECS, WRAPPER_KEYWORD
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.analysis.source_cache import SourceSizeCache
+
+if TYPE_CHECKING:
+    from maskcheck.index_store import IndexStore
 
 # The last parts of the consumers' names: `MultiheadAttention`, the `Transformer` layers and
 # `multi_head_attention_forward`.
@@ -544,6 +549,10 @@ ModuleKey = Tuple[str, str, str]
 # Facts of imported modules, keyed by path, dotted name and content digest.
 _FACTS = SourceSizeCache(MAX_CACHED_SOURCE_BYTES)
 
+# The facts kept on disk between runs, consulted after a miss in `_FACTS`. The runner sets it while it checks a file
+# with the cache on. None reads and writes nothing.
+INDEX_STORE: Optional["IndexStore"] = None
+
 
 # Content digests of files by path, with the `os.stat` fields that must be unchanged for the digest to be reused.
 # NOTE: a file rewritten twice within one tick of the file system's clock, with the same size, keeps all of these
@@ -577,33 +586,44 @@ def _load(path: str, status: os.stat_result, dotted: str) -> Tuple[_Loaded, Opti
         return facts, key
     facts = None
     if len(data) <= MAX_IMPORTED_MODULE_BYTES and b"\x00" not in data:
-        facts = _parse_imported(data, key)
+        store = INDEX_STORE
+        stored, facts = store.load(key) if store is not None else (False, None)
+        if not stored:
+            facts, lasting = _parse_imported(data, key)
+            if store is not None and lasting:
+                store.save(key, facts)
     _FACTS.put(key, facts, len(data))
     return facts, key
 
 
-def _parse_imported(data: bytes, key: ModuleKey) -> _Loaded:
-    """Return the facts of an imported module, None where `ProjectIndex._load` gives up, UNPARSABLE if unsure."""
+def _parse_imported(data: bytes, key: ModuleKey) -> Tuple[_Loaded, bool]:
+    """Return the outcome for an imported module, and whether another run would get the same outcome.
+
+    The outcome is the module's facts, None where `ProjectIndex._load` gives up, or UNPARSABLE if unsure. Only a
+    lack of memory gives an outcome that another run may not get, and `INDEX_STORE` must not keep that one.
+    """
     path, dotted, _ = key
     try:
         text = data.decode(tokenize.detect_encoding(io.BytesIO(data).readline)[0])
     except (UnicodeDecodeError, LookupError, SyntaxError, ValueError):
-        return None
+        return None, True
     try:
         tree = ast.parse(text)
     except SyntaxError as error:
         if "too many nested" in str(error.msg):
-            return None
+            return None, True
         # `check_syntax_and_depth` lets libcst decide when the stdlib parser fails (a newer grammar).
-        return UNPARSABLE
-    except (RecursionError, MemoryError, ValueError):
-        return None
+        return UNPARSABLE, True
+    except (RecursionError, ValueError):
+        return None, True
+    except MemoryError:
+        return None, False
     try:
         facts = build_facts(tree, package_of(dotted, path), path)
     except RecursionError:
-        return UNPARSABLE
+        return UNPARSABLE, True
     facts.key = key
-    return facts
+    return facts, True
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -940,11 +960,20 @@ def _facts_of_own_file(tree: ast.Module, path: str, module_name: str, source: st
         return None
     key = (resolved, module_name, hashlib.blake2b(data, digest_size=16).hexdigest())
     cached, facts = _FACTS.get(key)
+    store = INDEX_STORE
+    if not cached and store is not None:
+        cached, facts = store.load(key)
+        if cached:
+            _FACTS.put(key, facts, len(data))
     if cached:
         return facts if isinstance(facts, ModuleFacts) else None
     facts = build_facts(tree, package_of(module_name, resolved), resolved)
     facts.key = key
     _FACTS.put(key, facts, len(data))
+    if store is not None:
+        # The same entry that an import of this module would write. Imports in this process find the facts in
+        # `_FACTS` and never reach `_load`'s save, so without this line a checked module would never be stored.
+        store.save(key, facts)
     return facts
 
 

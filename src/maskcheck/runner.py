@@ -31,6 +31,8 @@ from maskcheck.cache import FileState, ResultCache, run_fingerprint, settings_fi
 from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.files import STDIN_PATH, SourceFile, decode_source
 from maskcheck.findings import Finding
+from maskcheck.index_store import LOG as INDEX_LOG
+from maskcheck.index_store import IndexStore
 from maskcheck.settings import Settings
 
 LOG = logging.getLogger("maskcheck")
@@ -163,8 +165,10 @@ class _FileChecker:
     def __init__(self, setup: _Setup) -> None:
         self.setup = setup
         self.cache = None
+        self.index_store = None
         if setup.cache_dir is not None:
             self.cache = ResultCache(Path(setup.cache_dir), setup.fingerprint, setup.entry_key)
+            self.index_store = IndexStore(Path(setup.cache_dir))
 
     def look_up(self, source: SourceFile) -> Tuple[Optional[FileState], Optional[_Checked]]:
         """Return the file's cache state and, when the cache contains a valid entry, its result."""
@@ -191,9 +195,10 @@ class _FileChecker:
         setup = self.setup
         record_lookups = self.cache is not None and state is not None
         with _captured_log() as log:
-            with _recorded_lookups(record_lookups) as lookups:
+            with _recorded_lookups(record_lookups) as lookups, _index_store_in_use(self.index_store):
                 outcome = cli.check_file(source, setup.settings, setup.code_filter, setup.disable_noqa)
-            checked = _Checked(outcome, list(log))
+            # The index store's lines are about this run's cache folder, so a later cache hit must not replay them.
+            checked = _Checked(outcome, [line for line in log if line[1] != INDEX_LOG.name])
             if record_lookups:
                 # Lines logged while storing stay out of the entry, so a later cache hit does not repeat them.
                 self._store(state, lookups, checked)
@@ -286,6 +291,17 @@ def _recorded_lookups(enabled: bool) -> Iterator[Set[Tuple[Tuple[str, ...], str]
     finally:
         # Removed by identity: two open blocks can hold equal sets.
         _active_lookups[:] = [other for other in _active_lookups if other is not lookups]
+
+
+@contextmanager
+def _index_store_in_use(store: Optional[IndexStore]) -> Iterator[None]:
+    """Let the pre-filter read and write module facts in `store` inside the block. None turns the store off."""
+    saved = reach.INDEX_STORE
+    reach.INDEX_STORE = store
+    try:
+        yield
+    finally:
+        reach.INDEX_STORE = saved
 
 
 # The lookup sets of the `_recorded_lookups` blocks open in this process. Each lookup is added to all of them.
