@@ -1,5 +1,7 @@
 """The --max-call-depth option bounds how many calls the analysis follows."""
 
+import pytest
+
 from maskcheck import cli
 
 SOURCE = """\
@@ -70,3 +72,25 @@ def test_negative_depth_in_config_file_rejected(tmp_path, capsys, monkeypatch):
 
     assert code == 2
     assert "'max-call-depth'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1_000", "+3", "\u0663", "3.0", ""])
+def test_depth_rejects_other_number_forms(tmp_path, capsys, value):
+    path = tmp_path / "model.py"
+    path.write_text(SOURCE)
+
+    code = cli.main(["--max-call-depth", value, str(path)])
+
+    assert code == 2
+    assert "invalid call depth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1_000", "+2", "\u0662"])
+def test_jobs_rejects_other_number_forms(tmp_path, capsys, value):
+    path = tmp_path / "model.py"
+    path.write_text(SOURCE)
+
+    code = cli.main(["--jobs", value, str(path)])
+
+    assert code == 2
+    assert "is not a whole number" in capsys.readouterr().err

@@ -176,13 +176,10 @@ def parse_consumer_callables(values: Sequence[str]) -> FrozenSet[str]:
 def parse_call_depth(values: Sequence[str]) -> int:
     """Parse one call depth, a whole number 0 or more; raise ValueError naming the value otherwise."""
     text = ",".join(values).strip()
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
+    # ASCII digits only: int() also reads "1_000", "+3" and digits of other scripts.
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"invalid call depth {text!r}: give a whole number, 0 or more")
-    return value
+    return int(text)
 
 
 def _parse_names(values: Sequence[str], dotted: bool) -> FrozenSet[str]:

@@ -63,10 +63,11 @@ def parse_jobs(text: str) -> int:
     """Parse a `--jobs` value for argparse: a whole number of at least 1."""
     import argparse
 
-    try:
-        jobs = int(text)
-    except ValueError:
+    # ASCII digits only: int() also reads "1_000", "+3" and digits of other scripts.
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give the number of worker processes")
+    jobs = int(digits)
     if jobs < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {jobs}; --jobs 1 checks files in this process")
     return jobs
