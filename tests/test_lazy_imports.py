@@ -17,44 +17,13 @@ from pathlib import Path
 import pytest
 
 from conftest import BUGGY_BLOCK, BUGGY_LINE, FIXED_BLOCK
+from test_cache import MIXER_IGNORES_MASK, MIXER_PASSES_MASK, MODEL, MODEL_FINDING_LINE
 from maskcheck import cli
 from maskcheck.cache import installed_libcst_version
 from maskcheck.rules import RULES
 
 # A module that names no attention consumer and imports nothing of its project: every pre-filter rejects it.
 PLAIN_MODULE = "import os\n\n\ndef joined(*parts):\n    return os.sep.join(parts)\n"
-
-# The mask is built in model.py and reaches nn.MultiheadAttention only in mixer.py.
-MIXER_PASSES_MASK = '''\
-import torch.nn as nn
-
-
-class TokenMixer(nn.Module):
-    def __init__(self, dim, num_heads):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(dim, num_heads)
-
-    def forward(self, x, mask):
-        return self.attn(x, x, x, attn_mask=mask)[0]
-'''
-MIXER_IGNORES_MASK = MIXER_PASSES_MASK.replace("attn_mask=mask", "attn_mask=None")
-MODEL = '''\
-import torch.nn as nn
-
-from .mixer import TokenMixer
-
-
-class MixerStack(nn.Module):
-    def __init__(self, dim=128, num_heads=4):
-        super().__init__()
-        self.num_heads = num_heads
-        self.mixer = TokenMixer(dim, num_heads)
-
-    def forward(self, x, pair_mask):
-        expanded = pair_mask.repeat(self.num_heads, 1, 1)
-        return self.mixer(x, expanded)
-'''
-MODEL_FINDING_LINE = 13
 
 RESULT_PREFIX = "LAZY-IMPORT-RESULT "
 
