@@ -203,10 +203,16 @@ def test_maskcheck_code_change_invalidates(tmp_path, cache_dir, monkeypatch):
     assert len(entry_files(cache_dir)) == 1, "the new build overwrites the entry instead of adding one"
 
 
-def test_corrupt_entry_ignored_and_rewritten(package, cache_dir, caplog):
+@pytest.mark.parametrize(
+    "damaged",
+    # json.loads raises RecursionError, not ValueError, for arrays nested this deep.
+    [b"\x00not json{", b"[" * 100_000 + b"]" * 100_000],
+    ids=["garbage", "deeply-nested"],
+)
+def test_corrupt_entry_ignored_and_rewritten(package, cache_dir, caplog, damaged):
     run([package], cache_dir)
     for entry in entry_files(cache_dir):
-        entry.write_bytes(b"\x00not json{")
+        entry.write_bytes(damaged)
     caplog.set_level(logging.INFO, logger="maskcheck")
 
     found = run([package], cache_dir)
@@ -218,6 +224,20 @@ def test_corrupt_entry_ignored_and_rewritten(package, cache_dir, caplog):
     assert all("\n" not in record.getMessage() for record in ignored)
     for entry in entry_files(cache_dir):
         assert json.loads(entry.read_bytes())["format"] == cache_module.FORMAT_VERSION
+
+
+def test_entries_folder_that_is_a_file(package, cache_dir, caplog):
+    """A file where the entries folder belongs gives one line about writing and none per file checked."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / f"v{cache_module.FORMAT_VERSION}").write_text("not a folder")
+    caplog.set_level(logging.INFO, logger="maskcheck")
+
+    found = run([package], cache_dir)
+
+    assert found["model.py"] == [MODEL_FINDING_LINE]
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [message for message in messages if "ignored cache entry" in message]
+    assert len([message for message in messages if "cannot write the cache" in message]) == 1
 
 
 @pytest.mark.parametrize(

@@ -406,6 +406,8 @@ DAMAGES = {
     "json-list": lambda raw, other: b"[]",
     "bad-facts": lambda raw, other: json.dumps({**json.loads(raw), "facts": {"units": "none"}}).encode(),
     "other-module": lambda raw, other: other,
+    # json.loads raises RecursionError, not ValueError, for arrays nested this deep.
+    "deeply-nested": lambda raw, other: b"[" * 100_000 + b"]" * 100_000,
 }
 
 
@@ -518,3 +520,20 @@ def test_two_jobs_fill_and_read_index(package, cache_dir):
     assert {name: found for name, found in warm.items() if name != "model.py"} == {
         name: found for name, found in cold.items() if name != "model.py"
     }
+
+
+def test_index_folder_that_is_a_file(package, cache_dir, caplog):
+    """A file where the index folder belongs gives one line about writing and none per module read."""
+    first = run([package], cache_dir)
+    shutil.rmtree(cache_dir / f"index-v{index_store.FORMAT_VERSION}")
+    (cache_dir / f"index-v{index_store.FORMAT_VERSION}").write_text("not a folder")
+    drop_results(cache_dir)
+    reach.clear_cache()
+    caplog.set_level(logging.INFO, logger="maskcheck")
+
+    second = run([package], cache_dir)
+
+    assert second == first
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [message for message in messages if "ignored index entry" in message]
+    assert len([message for message in messages if "cannot write the module index" in message]) == 1

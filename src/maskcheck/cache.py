@@ -229,7 +229,9 @@ class ResultCache:
         entry_path = self._entry_path(state)
         try:
             raw = entry_path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # NotADirectoryError: a file where the cache folder or one of its subfolders belongs. Writing fails
+            # there too, and `store` reports that once.
             return None
         except OSError as error:
             self.report_unusable(entry_path, f"cannot read it ({error.strerror or type(error).__name__})")
@@ -237,8 +239,9 @@ class ResultCache:
         try:
             entry = json.loads(raw)
             result, stale = self._check_entry(entry, state)
-        except (ValueError, TypeError, KeyError, IndexError) as error:
-            self.report_unusable(entry_path, f"invalid content ({error})")
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as error:
+            # Deeply nested JSON arrays make json.loads raise RecursionError.
+            self.report_unusable(entry_path, f"invalid content ({type(error).__name__}: {error})")
             return None
         if stale is not None:
             LOG.debug("cache entry for %s is out of date: %s", state.display, stale)

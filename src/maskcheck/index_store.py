@@ -70,16 +70,18 @@ class IndexStore:
         entry_path = self._entry_path(key)
         try:
             raw = entry_path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # NotADirectoryError: a file where the index folder or one of its subfolders belongs. Writing fails
+            # there too, and `save` reports that once.
             return False, None
         except OSError as error:
             self._report_unusable(entry_path, f"cannot read it ({error.strerror or type(error).__name__})")
             return False, None
         try:
             return True, self._decode_entry(json.loads(raw), key)
-        except (ValueError, TypeError, KeyError, IndexError) as error:
-            # json.JSONDecodeError and UnicodeDecodeError are ValueErrors.
-            self._report_unusable(entry_path, f"invalid content ({error})")
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as error:
+            # json.JSONDecodeError and UnicodeDecodeError are ValueErrors. Deeply nested arrays raise RecursionError.
+            self._report_unusable(entry_path, f"invalid content ({type(error).__name__}: {error})")
             return False, None
 
     def save(self, key: ModuleKey, outcome: object) -> None:
