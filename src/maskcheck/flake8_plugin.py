@@ -5,17 +5,21 @@ flake8 applies `--select`, `--ignore`, `--extend-ignore`, `--per-file-ignores`, 
 `# maskcheck: skip-file` as the command line does, unless flake8 runs with `--disable-noqa`. This module imports
 neither flake8 nor torch at import time, and libcst is imported only for the first file that passes the engine's
 pre-filter.
+
+Results are cached in the command line's cache folder, under their own fingerprint (`maskcheck.flake8_cache`),
+unless flake8 runs with `--maskcheck-no-cache`.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from maskcheck import __version__
 from maskcheck.cli import parse_call_depth, parse_consumer_callables, parse_head_count_names, single_line
 from maskcheck.engine import check_source
 from maskcheck.findings import SourceError
+from maskcheck.flake8_cache import PluginCaches, PluginResult
 from maskcheck.noqa import file_is_skipped
 from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH, Settings
 
@@ -26,6 +30,8 @@ UNANALYSABLE_CODE = "MSK001"
 HEAD_COUNT_NAMES_OPTION = "--maskcheck-head-count-names"
 CONSUMER_CALLABLES_OPTION = "--maskcheck-consumer-callables"
 MAX_CALL_DEPTH_OPTION = "--maskcheck-max-call-depth"
+NO_CACHE_OPTION = "--maskcheck-no-cache"
+CACHE_DIR_OPTION = "--maskcheck-cache-dir"
 
 
 class MaskcheckPlugin:
@@ -42,6 +48,8 @@ class MaskcheckPlugin:
     # Set by `parse_options` once per flake8 process, including each worker process of `--jobs`.
     settings = Settings()
     disable_noqa = False
+    # None until `parse_options` turns the cache on, so the plugin called without flake8 writes no cache folder.
+    caches: Optional[PluginCaches] = None
 
     def __init__(self, tree: Any, lines: List[str], filename: str) -> None:
         self.lines = lines
@@ -73,6 +81,21 @@ class MaskcheckPlugin:
             help="follow calls into the project's own functions and layers at most this many calls deep "
             f"(default: {DEFAULT_MAX_CALL_DEPTH}; 0 follows none)",
         )
+        parser.add_option(
+            NO_CACHE_OPTION,
+            action="store_true",
+            default=False,
+            parse_from_config=True,
+            help="do not read or write maskcheck's result cache (.maskcheck_cache in the project root of each file)",
+        )
+        parser.add_option(
+            CACHE_DIR_OPTION,
+            default=None,
+            metavar="DIR",
+            parse_from_config=True,
+            normalize_paths=True,
+            help="keep maskcheck's result cache in DIR instead of .maskcheck_cache in the project root of each file",
+        )
 
     @classmethod
     def parse_options(cls, options: argparse.Namespace) -> None:
@@ -86,6 +109,11 @@ class MaskcheckPlugin:
             max_call_depth=max_call_depth,
         )
         cls.disable_noqa = bool(getattr(options, "disable_noqa", False))
+        if getattr(options, NO_CACHE_OPTION.lstrip("-").replace("-", "_"), False):
+            cls.caches = None
+        else:
+            cache_dir = getattr(options, CACHE_DIR_OPTION.lstrip("-").replace("-", "_"), None)
+            cls.caches = PluginCaches(cls.settings, cls.disable_noqa, cache_dir or None)
 
     @staticmethod
     def _parse(options: argparse.Namespace, option: str, parse) -> Any:
@@ -104,14 +132,28 @@ class MaskcheckPlugin:
         if not self.disable_noqa and file_is_skipped(self.lines):
             return
         source = "".join(self.lines)
+        if self.caches is None:
+            result = self._analyse(source)
+        else:
+            result = self.caches.check(self.filename, source, lambda: self._analyse(source))
+
+        if result.source_error is not None:
+            yield 1, 0, f"{UNANALYSABLE_CODE} maskcheck could not analyse this file: {result.source_error}", type(self)
+            return
+        for line, column, text in result.findings:
+            yield line, column, text, type(self)
+
+    def _analyse(self, source: str) -> PluginResult:
         try:
             findings = check_source(source, self.filename, self.settings)
         except SourceError as error:
-            yield 1, 0, f"{UNANALYSABLE_CODE} maskcheck could not analyse this file: {error}", type(self)
-            return
-
-        for finding in findings:
-            yield finding.line, finding.col - 1, f"{finding.code} {single_line(finding.message)}", type(self)
+            return PluginResult(source_error=str(error))
+        return PluginResult(
+            tuple(
+                (finding.line, finding.col - 1, f"{finding.code} {single_line(finding.message)}")
+                for finding in findings
+            )
+        )
 
 
 def _call_depth_or_default(values: Sequence[str]) -> int:
