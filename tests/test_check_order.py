@@ -8,12 +8,14 @@ must equal those of the same file checked with an empty cache.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
-from maskcheck.analysis import project
+from maskcheck import runner
+from maskcheck.analysis import project, source_cache
 from maskcheck.analysis.interpreter import ModuleInterpreter
 from maskcheck.analysis.source_cache import SourceSizeCache
 from maskcheck.engine import check_source
@@ -227,3 +229,33 @@ def test_parse_cache_keeps_one_oversized_module():
     cache.put(("large.py", "large", "digest"), None, 50)
 
     assert cache.get(("large.py", "large", "digest")) == (True, None)
+
+
+def test_parse_cache_bound_shared_between_workers(monkeypatch):
+    """Two workers each keep half of the bound, so the two caches together keep what one process would."""
+    monkeypatch.setattr(source_cache, "_SHARERS", 1)
+    source_cache.share_between(2)
+    cache = SourceSizeCache(max_source_bytes=100)
+    for index in range(5):
+        cache.put((f"module_{index}.py", f"module_{index}", "digest"), None, 20)
+
+    assert cache._source_bytes <= 50
+    assert cache.get(("module_4.py", "module_4", "digest")) == (True, None)
+    assert cache.get(("module_1.py", "module_1", "digest")) == (False, None)
+
+
+def test_worker_start_shares_cache_bounds(monkeypatch):
+    monkeypatch.setattr(source_cache, "_SHARERS", 1)
+    monkeypatch.setattr(runner, "_WORKER_CHECKER", None)
+    setup = runner._Setup(Settings(), None, False, None, "", "")
+    saved_handlers = logging.getLogger("maskcheck").handlers[:]
+    saved_propagate = logging.getLogger("maskcheck").propagate
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(runner.signal, "signal", lambda *arguments: None)
+            runner._start_worker(setup, 3)
+    finally:
+        logging.getLogger("maskcheck").handlers = saved_handlers
+        logging.getLogger("maskcheck").propagate = saved_propagate
+
+    assert source_cache.sharers() == 3

@@ -121,6 +121,7 @@ from typing import TYPE_CHECKING, Callable, Deque, Dict, FrozenSet, List, Option
 
 from maskcheck.analysis.consumer_specs import FUNCTIONAL_MHA, LAYER_SPECS, WRAPPER_KEYWORD
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
+from maskcheck.analysis import source_cache
 from maskcheck.analysis.source_cache import SourceSizeCache
 
 if TYPE_CHECKING:
@@ -170,10 +171,11 @@ _MAX_REEXPORT_HOPS = 16
 # Dotted names one base chain may expand to through alias assignments before the module passes.
 _MAX_ALIAS_EXPANSIONS = 64
 
-# Source bytes of modules whose facts stay cached in this process, least recently used dropped first.
-# NOTE: not a bound on memory. Checking 60 transformers model files allocated about 4.7 bytes per source byte
-# of the modules loaded (tracemalloc, clean-pair table included), so this keeps about 80 MB.
-MAX_CACHED_SOURCE_BYTES = 16 * 1024 * 1024
+# Source bytes of modules whose facts stay cached, least recently used dropped first, shared by the worker
+# processes (`source_cache.share_between`). NOTE: not a bound on memory. Checking 60 transformers model files
+# allocated about 4.7 bytes per source byte of the modules loaded (tracemalloc, clean-pair table included), so
+# this keeps about 60 MB in all.
+MAX_CACHED_SOURCE_BYTES = 12 * 1024 * 1024
 
 Chain = Tuple[str, ...]
 
@@ -652,7 +654,7 @@ class _CleanPairs:
         self._stored_lookups = 0
 
     def add(self, pairs: List[PairKey], lookups: Lookups) -> None:
-        if len(self.pairs) + self._stored_lookups > self.max_entries:
+        if len(self.pairs) + self._stored_lookups > self.max_entries // source_cache.sharers():
             self.clear()
         number = len(self.lookups)
         self.lookups[number] = lookups
@@ -667,8 +669,9 @@ class _CleanPairs:
 
 
 # Checking 60 transformers model files stored 3,858 pairs and 59 lookup tuples (about 27,000 entries) in about
-# 4 MB (tracemalloc). At that ratio this bound on pairs plus lookups keeps the table to about 30 MB, an estimate.
-_CLEAN = _CleanPairs(max_entries=200_000)
+# 4 MB (tracemalloc). At that ratio this bound on pairs plus lookups, shared by the worker processes like the
+# facts, keeps the tables to about 18 MB in all, an estimate.
+_CLEAN = _CleanPairs(max_entries=120_000)
 
 # Called with (search roots, dotted name) for every module lookup, like the result cache's wrapper around
 # `ProjectIndex.find`: a skipped module's cached result depends on the modules the check looked up.

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from maskcheck import engine, reach
+from maskcheck.analysis.source_cache import share_between
 from maskcheck.cache import FileState, ResultCache, run_fingerprint, settings_fingerprint
 from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.files import STDIN_PATH, SourceFile, decode_source
@@ -463,7 +464,7 @@ def _start_executor(setup: _Setup, workers: int) -> ProcessPoolExecutor:
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_start_worker,
-        initargs=(setup,),
+        initargs=(setup, workers),
     )
 
 
@@ -503,8 +504,11 @@ def _exit_code(processes: list) -> str:
 _WORKER_CHECKER: Optional[_FileChecker] = None
 
 
-def _start_worker(setup: _Setup) -> None:
+def _start_worker(setup: _Setup, workers: int) -> None:
     global _WORKER_CHECKER
+    # The workers check files at the same time, so each keeps its share of the parsed-module caches. With one
+    # worker per core the peak memory then stays about the same whatever the number of workers.
+    share_between(workers)
     # The main process handles Ctrl-C and stops the workers; a worker that saw it too would print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A forked worker inherits the command line's log handler; records go back to the main process instead.

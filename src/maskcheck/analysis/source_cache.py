@@ -10,11 +10,27 @@ from collections import OrderedDict
 from typing import Any, Hashable, Tuple
 
 
+# The number of processes that share the bound of every such cache: worker processes divide the budget between them,
+# so the total stays the same whatever `--jobs` is (`share_between`).
+_SHARERS = 1
+
+
+def share_between(processes: int) -> None:
+    """Divide the bound of every cache of this process by `processes`, which check files at the same time."""
+    global _SHARERS
+    _SHARERS = max(1, processes)
+
+
+def sharers() -> int:
+    """Return the number of processes that share each cache bound."""
+    return _SHARERS
+
+
 class SourceSizeCache:
     """Values derived from module sources, keyed by path, dotted name and content digest.
 
-    When the sources of the kept entries add up to more than `max_source_bytes`, the least recently used entries are
-    dropped. The newest entry is always kept, however large.
+    When the sources of the kept entries add up to more than `max_source_bytes` (divided between the processes of
+    `share_between`), the least recently used entries are dropped. The newest entry is always kept, however large.
     """
 
     def __init__(self, max_source_bytes: int) -> None:
@@ -34,7 +50,7 @@ class SourceSizeCache:
         """Keep `value`, derived from `size` bytes of source, and drop old entries past the bound."""
         self._entries[key] = (value, size)
         self._source_bytes += size
-        while self._source_bytes > self.max_source_bytes and len(self._entries) > 1:
+        while self._source_bytes > self.max_source_bytes // _SHARERS and len(self._entries) > 1:
             _, (_, dropped) = self._entries.popitem(last=False)
             self._source_bytes -= dropped
 
