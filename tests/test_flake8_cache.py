@@ -197,8 +197,17 @@ def test_text_state_rejects_stdin_and_missing(project, monkeypatch, filename):
         lambda result: {"findings": [[11, 15, "MSK101 x"]], "source_error": "too deep"},
         lambda result: {**result, "surprise": 1},
         lambda result: {"source_error": None},
+        # flake8 splits a text at its first space and writes it as UTF-8: these crashed flake8 before.
+        lambda result: {"findings": [[1, 0, "nocode"]], "source_error": None},
+        lambda result: {"findings": [[1, 0, "MSK101 \ud800"]], "source_error": None},
+        lambda result: {"findings": [[1, 0, "MSK101 a\nfake.py:1:1: MSK101 b"]], "source_error": None},
+        lambda result: {"findings": [[1, 0, "E501 injected"]], "source_error": None},
+        lambda result: {"findings": [], "source_error": "two\nlines"},
     ],
-    ids=["bool-line", "line-zero", "short-finding", "error-not-string", "error-and-findings", "extra", "missing"],
+    ids=[
+        "bool-line", "line-zero", "short-finding", "error-not-string", "error-and-findings", "extra", "missing",
+        "no-space", "lone-surrogate", "newline", "other-code", "error-newline",
+    ],
 )
 def test_malformed_plugin_entry_rewritten(project, monkeypatch, damage):
     (project / "block.py").write_text(BUGGY_BLOCK)

@@ -15,6 +15,7 @@ has no file on disk whose path and package could name and check its entry.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -79,10 +80,26 @@ def decode_result(data: Dict[str, Any]) -> PluginResult:
         line, column, text = item
         if type(line) is not int or type(column) is not int or type(text) is not str:
             raise TypeError(f"finding {item!r} does not have an integer line and column and a string text")
-        if line < 1 or column < 0 or not text:
+        if line < 1 or column < 0 or not _FINDING_TEXT.fullmatch(text) or not _printable(text):
             raise ValueError(f"finding {item!r} has an invalid line, column or text")
         findings.append((line, column, text))
+    if source_error is not None and ("\n" in source_error or not _printable(source_error)):
+        raise ValueError("source_error is not one printable line")
     return PluginResult(tuple(findings), source_error)
+
+
+# The text of a finding as `MaskcheckPlugin.run` yields it: a code, one space, a one-line message. flake8 splits it
+# at the first space and fails on a text without one.
+_FINDING_TEXT = re.compile(r"MSK[0-9]{3} [^\n\r]+")
+
+
+def _printable(text: str) -> bool:
+    """Return True when flake8 can write `text` as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def text_state(filename: str, source: str) -> Optional[FileState]:
