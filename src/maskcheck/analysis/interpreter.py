@@ -13,7 +13,7 @@ settings' call depth. A call that cannot be followed returns a value of unknown 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 import libcst as cst
 
@@ -326,6 +326,8 @@ class ModuleInterpreter:
         self._module_scopes: Dict[int, Scope] = {}
         self._class_attributes: Dict[tuple, Dict[str, Alternatives]] = {}
         self._summaries: Dict[tuple, Alternatives] = {}
+        # Ids of the Call nodes of the checked module, collected on first use by `_mark_entry`.
+        self._root_calls: Optional[Set[int]] = None
         self._variants: Dict[int, int] = {}
         self._collecting = 0
         self._bases: Dict[int, List[Instance]] = {}
@@ -568,6 +570,12 @@ class ModuleInterpreter:
     def _mark_entry(self, result: Alternatives, context: ModuleContext, node: cst.Call) -> Alternatives:
         """Mark masks laid out in another module as entering this one at `node`, so findings about them point there."""
         if context is self.root:
+            return result
+        if self._root_calls is None:
+            self._root_calls = _call_ids(self.root.module)
+        if id(node) not in self._root_calls:
+            # A call between two other modules (a helper calling a helper): the mask enters this module later, at
+            # the call in this module that returns it.
             return result
         return tuple(
             replace(v, entry=node) if isinstance(v, Tensor) and v.entry is None and _has_merged_axis(v) else v
@@ -2027,6 +2035,18 @@ def _structural(values: Alternatives) -> Alternatives:
         elif isinstance(value, (Layer, FunctionRef, ClassRef)):
             kept.append(value)
     return tuple(kept)
+
+
+def _call_ids(module: cst.Module) -> Set[int]:
+    """Return the ids of every Call node in a module."""
+    found: Set[int] = set()
+    stack: List[cst.CSTNode] = [module]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.Call):
+            found.add(id(node))
+        stack.extend(node.children)
+    return found
 
 
 def _methods_of(class_def: cst.ClassDef) -> List[cst.FunctionDef]:
