@@ -79,14 +79,18 @@ def run(paths, cache_dir, settings=None, **options) -> Dict[str, list]:
     return found
 
 
-@pytest.fixture
-def package(tmp_path):
-    folder = tmp_path / "pkg"
-    folder.mkdir()
+def write_package(folder: Path) -> Path:
+    """Write the package `pkg` whose model.py has a finding only through mixer.py, and return its folder."""
+    folder.mkdir(parents=True)
     (folder / "__init__.py").write_text("")
     (folder / "mixer.py").write_text(MIXER_PASSES_MASK)
     (folder / "model.py").write_text(MODEL)
     return folder
+
+
+@pytest.fixture
+def package(tmp_path):
+    return write_package(tmp_path / "pkg")
 
 
 @pytest.fixture

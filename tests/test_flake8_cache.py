@@ -22,7 +22,7 @@ from maskcheck.cache import CACHE_DIR_NAME
 from maskcheck.flake8_cache import text_state
 from maskcheck.flake8_plugin import MaskcheckPlugin
 from maskcheck.settings import Settings
-from test_cache import MIXER_IGNORES_MASK, MIXER_PASSES_MASK, MODEL, MODEL_FINDING_LINE
+from test_cache import MIXER_IGNORES_MASK, MIXER_PASSES_MASK, MODEL_FINDING_LINE, write_package
 
 # A marker file makes the test folder the project root, so the cache goes in `<project>/.maskcheck_cache`.
 PROJECT_MARKER = "setup.cfg"
@@ -47,12 +47,7 @@ def project(tmp_path) -> Path:
 @pytest.fixture
 def package(project) -> Path:
     """`pkg/model.py` has MSK101 only because `pkg/mixer.py` passes the mask on to nn.MultiheadAttention."""
-    folder = project / "pkg"
-    folder.mkdir()
-    (folder / "__init__.py").write_text("")
-    (folder / "mixer.py").write_text(MIXER_PASSES_MASK)
-    (folder / "model.py").write_text(MODEL)
-    return folder
+    return write_package(project / "pkg")
 
 
 def entry_files(cache_dir: Path) -> List[Path]:

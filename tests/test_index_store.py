@@ -24,7 +24,7 @@ from maskcheck.index_store import IndexStore, decode_facts, encode_facts
 from maskcheck.reach import UNPARSABLE, ModuleFacts, Unit
 from maskcheck.runner import check_paths
 from maskcheck.settings import Settings
-from test_cache import MIXER_PASSES_MASK, MODEL, MODEL_FINDING_LINE
+from test_cache import MODEL_FINDING_LINE, write_package
 from test_reach import BASE_FORMS, EVERY_SYNTAX, IMPORT_SPELLINGS, LIBRARY, OPAQUE_BASE_CALLERS
 
 # Modules with the forms whose facts are hardest to keep: subscripted and call bases, alias assignments, guarded
@@ -91,13 +91,9 @@ def fresh_reach_cache():
 def package(tmp_path):
     """A project whose model.py has a finding only through the imported mixer.py."""
     root = tmp_path / "project"
-    folder = root / "pkg"
-    folder.mkdir(parents=True)
+    root.mkdir()
     (root / "pyproject.toml").write_text("")
-    (folder / "__init__.py").write_text("")
-    (folder / "mixer.py").write_text(MIXER_PASSES_MASK)
-    (folder / "model.py").write_text(MODEL)
-    return folder
+    return write_package(root / "pkg")
 
 
 @pytest.fixture

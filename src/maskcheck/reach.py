@@ -802,7 +802,7 @@ class _Search:
                 extended = assigned + current[1:]
                 if extended not in seen:
                     if len(seen) >= _MAX_ALIAS_EXPANSIONS:
-                        # `A = A.b` grows without end; give up the way an opaque base does.
+                        # `A = A.b` grows without end, so treat the base like an opaque one.
                         self._sign()
                     seen.add(extended)
                     pending.append(extended)
