@@ -292,22 +292,38 @@ def results_from_log(path: Path, files: Dict[str, int]) -> List[ToolResult]:
     return list(by_key.values())
 
 
+def discovered_count(tools: Tools, arguments: Sequence[str], cwd: Path) -> int:
+    """Return how many files maskcheck's own discovery lists for `arguments`, which may name folders."""
+    code = "import sys\nfrom maskcheck.files import discover\nprint(len(discover(sys.argv[1:]).files))"
+    completed = subprocess.run(
+        [tools.python, "-c", code, *arguments], cwd=cwd, env=tools.env(MASKCHECK_COLD), capture_output=True,
+        text=True, check=True,
+    )
+    return int(completed.stdout.strip())
+
+
 def scale_run(tools: Tools, source: Path, counts: Sequence[int], workdir: Path, runs: int, logs: Path
               ) -> List[ToolResult]:
     """Time maskcheck cold on `counts` files made of whole copies of `source`, and cut from the last copy."""
     files = sorted(path for path in source.rglob("*.py") if path.is_file())
     results = []
     for count in counts:
-        target = workdir / "scale" / str(count)
+        target = workdir / "scale" / source.name / str(count)
         if not target.exists():
             copies = -(-count // len(files))
             for copy in range(copies):
                 shutil.copytree(source, target / f"copy{copy:03d}")
-        chosen = sorted(path for path in target.rglob("*.py") if path.is_file())[:count]
-        result = ToolResult(source.name, f"{MASKCHECK_COLD}, {count} files", len(chosen))
-        # TODO: pass folders when `count` is a whole number of copies. 6,288 paths took about 600 KB, so 50,000 exceed
-        # Linux's usual 2 MB limit on arguments (`getconf ARG_MAX`).
-        command = tools.commands([str(path) for path in chosen])[MASKCHECK_COLD]
+        # Whole copies are named as folders and only the remainder as files: 50,000 file paths would exceed
+        # the 2 MB limit on a command line here (`getconf ARG_MAX` prints 2097152).
+        whole = count // len(files)
+        arguments = [str(target / f"copy{copy:03d}") for copy in range(whole)]
+        remainder = sorted(path for path in (target / f"copy{whole:03d}").rglob("*.py") if path.is_file())
+        arguments += [str(path) for path in remainder[: count - whole * len(files)]]
+        checked = discovered_count(tools, arguments, target)
+        if checked != count:
+            print(f"scale {count}: maskcheck's discovery lists {checked} files, so the row counts those", flush=True)
+        result = ToolResult(source.name, f"{MASKCHECK_COLD}, {checked} files", checked)
+        command = tools.commands(arguments)[MASKCHECK_COLD]
         for round_number in range(1, runs + 1):
             measurement = measure(command, target, logs / "scale.log", tools.env(MASKCHECK_COLD))
             result.runs.append(measurement)
