@@ -1,7 +1,8 @@
-"""libcst is imported only when a file needs a libcst parse.
+"""libcst, and other modules a run may not need, are imported only when it needs them.
 
 Importing libcst takes 0.5-0.8 s. So the front ends must not import it, and neither may a run whose files all
-come from the result cache or all fail the engine's pre-filter. Each test runs a fresh interpreter and reads
+come from the result cache or all fail the engine's pre-filter. A run over cached files also skips the worker
+processes, the pre-filter and the output formats it does not print. Each test runs a fresh interpreter and reads
 `sys.modules` there, because the test process has long since imported libcst.
 """
 
@@ -61,6 +62,20 @@ def run_cli_child(args, cwd: Path) -> dict:
         "with contextlib.redirect_stdout(output):\n"
         f"    result['status'] = main(['--jobs', '1', *{list(args)!r}])\n"
         "result['output'] = output.getvalue()\n"
+    )
+    return run_child(body, cwd)
+
+
+def run_cli_imports(args, cwd: Path, modules) -> dict:
+    """Run `maskcheck ARGS` in a fresh interpreter; return its exit status, output and which of `modules` loaded."""
+    body = (
+        "import contextlib, io\n"
+        "from maskcheck.cli import main\n"
+        "output = io.StringIO()\n"
+        "with contextlib.redirect_stdout(output):\n"
+        f"    result['status'] = main({list(args)!r})\n"
+        "result['output'] = output.getvalue()\n"
+        f"result['imported'] = [name for name in {list(modules)!r} if name in sys.modules]\n"
     )
     return run_child(body, cwd)
 
@@ -137,6 +152,66 @@ def test_warm_run_skips_libcst(project):
     assert warm["libcst"] is False
     assert warm["status"] == cold["status"] == 1
     assert warm["output"] == cold["output"]
+
+
+# Modules that a run served entirely from the result cache has no use for: the worker processes, the pre-filter
+# and its module index, the engine and libcst, the noqa parser, file rewriting, and the output formats not chosen.
+UNUSED_WHEN_WARM = (
+    "multiprocessing",
+    "concurrent.futures",
+    "maskcheck.reach",
+    "maskcheck.index_store",
+    "maskcheck.engine",
+    "maskcheck.parsing",
+    "maskcheck.noqa",
+    "maskcheck.rewrite",
+    "maskcheck.report.full",
+    "maskcheck.report.json_format",
+    "maskcheck.report.github",
+    "maskcheck.report.sarif",
+    "maskcheck.report.junit",
+    "xml.etree",
+    "libcst",
+)
+
+
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "1"]], ids=["default-jobs", "one-job"])
+def test_warm_run_imports_only_what_it_uses(project, jobs):
+    cold = run_cli_imports([*jobs, "pkg"], project, UNUSED_WHEN_WARM)
+    warm = run_cli_imports([*jobs, "pkg"], project, UNUSED_WHEN_WARM)
+
+    # The cold run analyses in this process or starts workers, so it imports some of them: the check can detect them.
+    assert cold["imported"]
+    assert warm["imported"] == []
+    assert warm["status"] == cold["status"] == 1
+    assert warm["output"] == cold["output"]
+    assert finding_lines(warm["output"], "model.py") == [MODEL_FINDING_LINE]
+
+
+def test_runner_names_index_store_logger():
+    # The runner filters the index store's log records by this name without importing the module.
+    from maskcheck import index_store, runner
+
+    assert runner.INDEX_LOG_NAME == index_store.LOG.name
+
+
+def test_run_without_config_skips_toml_parser(tmp_path):
+    (tmp_path / "plain.py").write_text(PLAIN_MODULE)
+
+    result = run_cli_imports(["--isolated", "plain.py"], tmp_path, ["tomllib", "tomli"])
+
+    assert result["status"] == 0
+    assert result["imported"] == []
+
+
+def test_config_file_loads_toml_parser(project):
+    # The counterpart of the test above: reading pyproject.toml does import the parser, and the check detects it.
+    parser = "tomllib" if sys.version_info >= (3, 11) else "tomli"
+
+    result = run_cli_imports(["--jobs", "1", "pkg"], project, [parser])
+
+    assert result["status"] == 1
+    assert result["imported"] == [parser]
 
 
 def test_changed_file_after_warm_run_loads_libcst(project):

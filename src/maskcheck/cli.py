@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import errno
-import importlib.util
 import logging
 import os
-import pkgutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
+# A run whose files all come from the result cache must not pay for modules it does not use. So the engine (and
+# with it the pre-filter), the noqa parser, the rewriting helpers and the worker processes are imported where they
+# are first needed, and `maskcheck.report` imports only the output format that was chosen.
 from maskcheck import __version__
 from maskcheck.cache import CACHE_DIR_NAME, default_cache_dir
 from maskcheck.config import (
@@ -27,7 +27,6 @@ from maskcheck.config import (
     shown_path,
     unknown_code_problem,
 )
-from maskcheck.engine import check_source
 from maskcheck.files import (
     STDIN_PATH,
     FileTooLarge,
@@ -39,7 +38,6 @@ from maskcheck.files import (
     split_lines,
 )
 from maskcheck.findings import Finding, SourceError
-from maskcheck.noqa import file_is_exempt, file_is_skipped, filter_suppressed
 from maskcheck.progress import Progress
 from maskcheck.report import (
     DEFAULT_FORMAT,
@@ -53,9 +51,12 @@ from maskcheck.report import (
     render,
     single_line,
 )
-from maskcheck.rewrite import InterruptedRewrite
 from maskcheck.runner import check_paths, parse_jobs
 from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_FILE_SIZE, Settings
+
+if TYPE_CHECKING:
+    import ast
+    import pkgutil
 
 LOG = logging.getLogger("maskcheck")
 
@@ -117,6 +118,10 @@ def known_codes() -> Tuple[str, ...]:
     registry requires. When a module's source cannot be read or parsed (an install without .py files), this falls
     back to the registry.
     """
+    import ast
+    import importlib.util
+    import pkgutil
+
     codes = []
     spec = importlib.util.find_spec("maskcheck.rules")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
@@ -151,6 +156,8 @@ def _module_source(info: pkgutil.ModuleInfo, name: str) -> Optional[str]:
 
 def _rule_code(tree: ast.Module) -> Optional[str]:
     """Return the string a module assigns to `CODE` at top level when it also defines `check`, else None."""
+    import ast
+
     code = None
     has_check = False
     for statement in tree.body:
@@ -244,6 +251,8 @@ class CodeFilter:
 
 @dataclass
 class FileOutcome:
+    """The result of checking one file: its findings, or the error or notice that replaced them."""
+
     findings: List[Finding] = field(default_factory=list)
     error: Optional[str] = None
     skip_notice: Optional[str] = None
@@ -588,6 +597,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _print_interrupt(interrupt: KeyboardInterrupt) -> None:
     """Print that the run was interrupted and, when files were already rewritten, list them."""
+    from maskcheck.rewrite import InterruptedRewrite
+
     if not isinstance(interrupt, InterruptedRewrite) or not (interrupt.rewritten or interrupt.unchecked):
         print("maskcheck: interrupted", file=sys.stderr)
         return
@@ -815,6 +826,8 @@ def _listing_rewrites_on_interrupt(paths: Sequence[str], action: str) -> Iterato
     try:
         yield
     except KeyboardInterrupt as interrupt:
+        from maskcheck.rewrite import InterruptedRewrite
+
         if isinstance(interrupt, InterruptedRewrite) or not paths:
             raise
         raise InterruptedRewrite(paths, (), action) from None
@@ -1021,8 +1034,20 @@ def check_files(
     return outcomes
 
 
+def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings] = None) -> List[Finding]:
+    """Analyse one module's text with `maskcheck.engine.check_source`, which is imported on the first call.
+
+    Raises SourceError as the engine does. `check_file` calls the engine through this name.
+    """
+    from maskcheck.engine import check_source as check_with_engine
+
+    return check_with_engine(source, path, settings)
+
+
 def check_file(source: SourceFile, settings: Settings, code_filter: CodeFilter, disable_noqa: bool) -> FileOutcome:
     """Read, analyse and filter one file. A failure comes back as `FileOutcome.error`, so it cannot stop the run."""
+    from maskcheck.noqa import file_is_exempt, file_is_skipped, filter_suppressed
+
     try:
         text = read_source(source, settings.max_file_size, stdin=_stdin_bytes())
     except FileTooLarge as error:

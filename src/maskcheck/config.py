@@ -6,17 +6,13 @@ file, the key, the value and what is accepted, and the command line exits with s
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.9 and 3.10 have no tomllib; pyproject.toml installs tomli there.
-    import tomli as tomllib
+# The TOML parser is imported by `_read_toml`, so that a run that finds no pyproject.toml does not import it.
+# difflib and json only format error messages, so the functions that build those messages import them.
 
 PYPROJECT = "pyproject.toml"
 TABLE = "tool.maskcheck"
@@ -112,6 +108,11 @@ def load_config(path: str, known_codes: Iterable[str]) -> FileConfig:
 
 
 def _read_toml(path: str) -> Dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.9 and 3.10 have no tomllib; pyproject.toml installs tomli there.
+        import tomli as tomllib
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
@@ -129,6 +130,8 @@ def _read_toml(path: str) -> Dict[str, Any]:
 def _check_table(path: str, where: str, table: Dict[str, Any], known_codes: Tuple[str, ...]) -> FileConfig:
     for key in table:
         if key not in KEYS:
+            import difflib
+
             close = difflib.get_close_matches(key.replace("_", "-"), KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
@@ -253,6 +256,8 @@ def unknown_code_problem(code: str, known_codes: Sequence[str]) -> Optional[str]
 
 def _show(value: Any) -> str:
     """Format a TOML value for an error message, as close to TOML as JSON gets."""
+    import json
+
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):

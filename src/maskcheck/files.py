@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import stat
-import tokenize
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
@@ -50,6 +49,8 @@ class PathError:
 
 @dataclass
 class Discovery:
+    """The files that `discover` found, the paths it could not read, and the count of excluded .py files."""
+
     files: List[SourceFile] = field(default_factory=list)
     errors: List[PathError] = field(default_factory=list)
     # .py files that an exclude rule matched; skipped directories and non-Python files are not counted.
@@ -340,6 +341,8 @@ _CHUNK_SIZE = 1 << 20
 
 def decode_source(data: bytes) -> str:
     """Decode source bytes the way the Python interpreter does, and translate newlines to `\\n` as flake8 does."""
+    import tokenize  # Imported here: a run whose cached results have no findings decodes nothing.
+
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
     except SyntaxError as error:

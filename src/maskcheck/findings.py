@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from maskcheck.chain import ReplayChain
+if TYPE_CHECKING:
+    # Only an annotation here: a run whose cached results have no replay chain never imports `maskcheck.chain`.
+    from maskcheck.chain import ReplayChain
 
 
 @dataclass(frozen=True)

@@ -13,30 +13,33 @@ modules it parsed for the rest of its runs. `jobs=1` checks every file in this p
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from maskcheck import engine, reach
-from maskcheck.analysis.source_cache import share_between
+# A run whose files all come from the cache needs none of the worker-process machinery, the pre-filter
+# (`maskcheck.reach`), the module index or the engine. So multiprocessing, concurrent.futures and those modules are
+# imported in the functions that use them.
 from maskcheck.cache import FileState, ResultCache, run_fingerprint, settings_fingerprint
-from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.files import STDIN_PATH, SourceFile, decode_source
 from maskcheck.findings import Finding
-from maskcheck.index_store import LOG as INDEX_LOG
-from maskcheck.index_store import IndexStore
 from maskcheck.settings import Settings
 
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from maskcheck.index_store import IndexStore
+
 LOG = logging.getLogger("maskcheck")
+
+# The logger of `maskcheck.index_store`, named here so that filtering its records does not import that module.
+INDEX_LOG_NAME = "maskcheck.index_store"
 
 # (level number, logger name, message) of one log record, as a worker sends it back.
 LogLine = Tuple[int, str, str]
@@ -88,6 +91,8 @@ class _Setup:
 
 @dataclass
 class _Checked:
+    """One file's `FileOutcome` with the log records its check wrote, as they are cached and replayed."""
+
     outcome: Any
     log: List[LogLine]
 
@@ -167,10 +172,10 @@ class _FileChecker:
     def __init__(self, setup: _Setup) -> None:
         self.setup = setup
         self.cache = None
-        self.index_store = None
+        # Made by the first `check`, because a file served from the cache does not need it.
+        self.index_store: Optional[IndexStore] = None
         if setup.cache_dir is not None:
             self.cache = ResultCache(Path(setup.cache_dir), setup.fingerprint, setup.entry_key)
-            self.index_store = IndexStore(Path(setup.cache_dir))
 
     def look_up(self, source: SourceFile) -> Tuple[Optional[FileState], Optional[_Checked]]:
         """Return the file's cache state and, when the cache contains a valid entry, its result."""
@@ -195,12 +200,16 @@ class _FileChecker:
         from maskcheck import cli
 
         setup = self.setup
+        if setup.cache_dir is not None and self.index_store is None:
+            from maskcheck.index_store import IndexStore
+
+            self.index_store = IndexStore(Path(setup.cache_dir))
         record_lookups = self.cache is not None and state is not None
         with _captured_log() as log:
             with _recorded_lookups(record_lookups) as lookups, _index_store_in_use(self.index_store):
                 outcome = cli.check_file(source, setup.settings, setup.code_filter, setup.disable_noqa)
             # The index store's lines are about this run's cache folder, so a later cache hit must not replay them.
-            checked = _Checked(outcome, [line for line in log if line[1] != INDEX_LOG.name])
+            checked = _Checked(outcome, [line for line in log if line[1] != INDEX_LOG_NAME])
             if record_lookups:
                 # Lines logged while storing stay out of the entry, so a later cache hit does not repeat them.
                 self._store(state, lookups, checked)
@@ -275,6 +284,8 @@ def _recorded_lookups(enabled: bool) -> Iterator[Set[Tuple[Tuple[str, ...], str]
     if not enabled:
         yield lookups
         return
+    from maskcheck import engine, reach
+
     global _find_wrapped
     if not _find_wrapped:
         _find_wrapped = True
@@ -298,6 +309,8 @@ def _recorded_lookups(enabled: bool) -> Iterator[Set[Tuple[Tuple[str, ...], str]
 @contextmanager
 def _index_store_in_use(store: Optional[IndexStore]) -> Iterator[None]:
     """Let the pre-filter read and write module facts in `store` inside the block. None turns the store off."""
+    from maskcheck import reach
+
     saved = reach.INDEX_STORE
     reach.INDEX_STORE = store
     try:
@@ -384,6 +397,8 @@ def _decode_finding(data: Dict[str, Any]) -> Finding:
     data = dict(data)
     chain = data.pop("chain")
     if chain is not None:
+        from maskcheck.chain import ChainStep, ReplayChain
+
         chain = dict(chain)
         chain["steps"] = tuple(ChainStep(**step) for step in chain["steps"])
         chain = ReplayChain(**chain)
@@ -410,6 +425,10 @@ def _check_in_pool(
     checked by a single worker, one file at a time, so the file that kills it is found and reported as an error.
     When no worker process can be started at all, the files are checked in this process.
     """
+    if not tasks:
+        return
+    from concurrent.futures.process import BrokenProcessPool
+
     remaining = tasks
     single = False
     while remaining:
@@ -456,6 +475,9 @@ def _check_in_pool(
 
 
 def _start_executor(setup: _Setup, workers: int) -> ProcessPoolExecutor:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     # fork starts a worker in milliseconds and keeps the parent's imports. macOS and Windows use spawn, because
     # fork is unsafe with the macOS system libraries and missing on Windows.
     methods = multiprocessing.get_all_start_methods()
@@ -505,6 +527,8 @@ _WORKER_CHECKER: Optional[_FileChecker] = None
 
 
 def _start_worker(setup: _Setup, workers: int) -> None:
+    from maskcheck.analysis.source_cache import share_between
+
     global _WORKER_CHECKER
     # The workers check files at the same time, so each keeps its share of the parsed-module caches. With one
     # worker per core the peak memory then stays about the same whatever the number of workers.

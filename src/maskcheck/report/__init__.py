@@ -5,6 +5,7 @@ Every format prints the same findings in the same order: sorted by path, line, c
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -97,6 +98,8 @@ class Report:
 
 @dataclass(frozen=True)
 class RenderOptions:
+    """The command-line options that change what an output format prints: --show-fixes and --statistics."""
+
     show_fixes: bool = False
     statistics: bool = False
 
@@ -166,15 +169,21 @@ def statistics(report: Report) -> List[Dict[str, object]]:
 
 
 def render(format_name: str, report: Report, options: RenderOptions) -> str:
-    """Return the report in one output format, ending with a newline unless it is empty."""
-    from maskcheck.report import full, github, json_format, junit, sarif, text
+    """Return the report in one output format, ending with a newline unless it is empty.
 
-    renderers = {
-        "text": text.render,
-        "full": full.render,
-        "json": json_format.render,
-        "github": github.render,
-        "sarif": sarif.render,
-        "junit": junit.render,
-    }
-    return renderers[format_name](report, options)
+    Only the chosen format's module is imported: junit needs xml.etree, and the text format needs none of the others.
+    Raises KeyError for a name that is not in FORMAT_NAMES.
+    """
+    module = importlib.import_module(f"maskcheck.report.{_FORMAT_MODULES[format_name]}")
+    return module.render(report, options)
+
+
+# The module of each --output-format value, in this package.
+_FORMAT_MODULES = {
+    "text": "text",
+    "full": "full",
+    "json": "json_format",
+    "github": "github",
+    "sarif": "sarif",
+    "junit": "junit",
+}
