@@ -489,6 +489,10 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_start = " ".join(f"{value:.1f}" for value in os.getloadavg())
     tools = Tools(sys.executable, options.flake8_without, options.torchfix, options.ruff, options.maskcheck_src)
+    if options.maskcheck_src is not None:
+        # An installed package has its bytecode compiled by pip, and so do the peers' environments. A bare copy
+        # has none, and with PYTHONDONTWRITEBYTECODE set every run would compile maskcheck's modules again.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", options.maskcheck_src], check=True)
     every_tool = list(tools.commands([]))
     only = every_tool if options.tools == "all" else [tool for tool in every_tool if tool in options.tools.split(",")]
     samples = dict(item.split("=", 1) for item in options.sample)
