@@ -12,8 +12,8 @@ settings' call depth. A call that cannot be followed returns a value of unknown 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 import libcst as cst
 
@@ -215,6 +215,12 @@ class BoundArguments:
     def __hash__(self) -> int:
         return self._hash
 
+    def with_keywords_bound(self) -> "BoundArguments":
+        """Keep one entry per keyword: its last value, at the place of its first, which is what
+        `_bind_parameters` binds. `f(**kwargs, cfg=cfg)` with a `cfg` entry in `kwargs` then gives the same
+        arguments as `f(cfg=cfg)`, and a class built both ways has its attributes collected once."""
+        return BoundArguments(self.positional, tuple(dict(self.keywords).items()))
+
     def structural_only(self) -> "BoundArguments":
         """Keep layers, instances and functions; drop tensors and other values."""
         return BoundArguments(
@@ -276,6 +282,16 @@ class Scope:
 
 
 def join(*alternatives: Alternatives) -> Alternatives:
+    """Return the distinct values of the groups in order, the last MAX_ALTERNATIVES of them."""
+    if len(alternatives) == 2:
+        # Branches mostly leave a name as it was, so both groups are often the same tuple or one is empty.
+        first, second = alternatives
+        if second is first or not second:
+            alternatives = (first,)
+        elif not first:
+            alternatives = (second,)
+    if len(alternatives) == 1 and len(alternatives[0]) <= 1:
+        return tuple(alternatives[0])
     result: List[Value] = []
     for group in alternatives:
         for value in group:
@@ -287,7 +303,11 @@ def join(*alternatives: Alternatives) -> Alternatives:
 def join_states(first, second):
     values = dict(first[0])
     for name, alternatives in second[0].items():
-        values[name] = join(values.get(name, ()), alternatives)
+        current = values.get(name, ())
+        if current is alternatives and len(alternatives) <= 1:
+            # A name both states share: join would return it unchanged.
+            continue
+        values[name] = join(current, alternatives)
     sizes = dict(first[1])
     for name, size in second[1].items():
         if name in sizes and sizes[name] != size:
@@ -339,6 +359,14 @@ class ModuleInterpreter:
         self._built_nodes: List[cst.CSTNode] = []
         # Statements interpreted so far, over all modules: a deterministic measure of the analysis work.
         self.statements_run = 0
+        # Per-node results of pure functions of the syntax tree, because methods and helpers are interpreted
+        # many times. Keying by the node keeps it alive, so no other node can take its id during the run.
+        self._compact_texts: Dict[cst.CSTNode, str] = {}
+        self._nested_expressions: Dict[cst.CSTNode, Tuple[cst.BaseExpression, ...]] = {}
+        # The `_evaluate_<node type>` function of each node type, or None for types evaluated as unknown. Bound
+        # methods here would make a reference cycle, which keeps a finished interpreter alive until the next
+        # garbage collection.
+        self._evaluators: Dict[type, Optional[Callable[["ModuleInterpreter", cst.CSTNode, Scope], Alternatives]]] = {}
 
     # -----------------------------------------------------------------------------------------------------------
     # Scopes
@@ -571,16 +599,15 @@ class ModuleInterpreter:
         """Mark masks laid out in another module as entering this one at `node`, so findings about them point there."""
         if context is self.root:
             return result
+        if not any(_needs_entry(v) for v in result):
+            return result
         if self._root_calls is None:
             self._root_calls = _call_ids(self.root.module)
         if id(node) not in self._root_calls:
             # A call between two other modules (a helper calling a helper): the mask enters this module later, at
             # the call in this module that returns it.
             return result
-        return tuple(
-            replace(v, entry=node) if isinstance(v, Tensor) and v.entry is None and _has_merged_axis(v) else v
-            for v in result
-        )
+        return tuple(replace(v, entry=node) if _needs_entry(v) else v for v in result)
 
     def _bind_call(self, node: cst.Call, scope: Scope, skip: int = 0) -> "BoundArguments":
         positional: List[Alternatives] = []
@@ -883,22 +910,36 @@ class ModuleInterpreter:
         cached = self._memo.get(id(node))
         if cached is not None:
             return cached
-        method = getattr(self, f"_evaluate_{type(node).__name__}", None)
+        node_type = type(node)
+        if node_type in self._evaluators:
+            method = self._evaluators[node_type]
+        else:
+            method = getattr(type(self), f"_evaluate_{node_type.__name__}", None)
+            self._evaluators[node_type] = method
         if method is None:
             self._visit_children(node, scope)
             result: Alternatives = (UNKNOWN_VALUE,)
         else:
-            result = method(node, scope)
+            result = method(self, node, scope)
         self._memo[id(node)] = result
         return result
 
     def _visit_children(self, node: cst.CSTNode, scope: Scope) -> None:
         # Calls nested in unmodelled expressions (a lambda body, an f-string) can still be consumers.
-        for child in node.children:
-            if isinstance(child, cst.BaseExpression):
-                self.evaluate(child, scope)
-            elif not isinstance(child, (cst.BaseSuite, cst.BaseStatement)):
-                self._visit_children(child, scope)
+        expressions = self._nested_expressions.get(node)
+        if expressions is None:
+            expressions = tuple(_nested_expressions(node))
+            self._nested_expressions[node] = expressions
+        for expression in expressions:
+            self.evaluate(expression, scope)
+
+    def _compact_text(self, node: cst.CSTNode) -> str:
+        """Return `compact_text(node)`, generated once per node in a run."""
+        text = self._compact_texts.get(node)
+        if text is None:
+            text = compact_text(node)
+            self._compact_texts[node] = text
+        return text
 
     def _evaluate_Name(self, node: cst.Name, scope: Scope) -> Alternatives:
         if node.value in ("True", "False", "None"):
@@ -967,7 +1008,7 @@ class ModuleInterpreter:
             return (Tensor(None, source=label_text(node)),)
         if isinstance(base, Tensor):
             if attribute == "shape":
-                return (ShapeOf(compact_text(node.value), base),)
+                return (ShapeOf(self._compact_text(node.value), base),)
             if attribute in ("T", "mT"):
                 if base.axes is not None and len(base.axes) >= 2:
                     return (tensor_ops.transpose(base, -2, -1, node),)
@@ -1031,6 +1072,10 @@ class ModuleInterpreter:
                 arguments = self._bind_call(node, scope).structural_only()
                 if not any(arguments.positional) and not any(a for _, a in arguments.keywords):
                     arguments = None
+                else:
+                    # NOTE: a keyword whose values were all dropped still counts, so `Block(cfg=c)` and
+                    # `Block(cfg=c, depth=4)` are two variants, and every method runs again for the second.
+                    arguments = arguments.with_keywords_bound()
                 results.append(Instance(callee.context, callee.class_def, arguments))
             elif isinstance(callee, Instance):
                 results.extend(self._call_instance(callee, node, self._bind_call(node, scope)))
@@ -1174,7 +1219,7 @@ class ModuleInterpreter:
 
     def size_of(self, node: cst.BaseExpression, scope: Scope) -> Size:
         """Read an expression as an integer size: its texts, how many factors it multiplies, and its value."""
-        text = dotted_name(node) or compact_text(node)
+        text = dotted_name(node) or self._compact_text(node)
         if isinstance(node, cst.Integer):
             value = _integer_value(node)
             if value is None:
@@ -1305,8 +1350,8 @@ class ModuleInterpreter:
             return tuple(tensor_ops.matmul(tensor, other, node) for other in others) or (UNKNOWN_VALUE,)
         if name == "size":
             if positional:
-                return (Size(frozenset({compact_text(node)})),)
-            return (ShapeOf(compact_text(method.node.value), tensor),)
+                return (Size(frozenset({self._compact_text(node)})),)
+            return (ShapeOf(self._compact_text(method.node.value), tensor),)
         if name == "masked_fill" and positional:
             return self._masked_fill(tensor, positional[0], scope)
         if name in _ELEMENTWISE_BINARY_METHODS and positional:
@@ -1324,7 +1369,7 @@ class ModuleInterpreter:
         if name in _LAYOUT_KEEPING_METHODS:
             return (_computed(tensor),)
         # An unknown object's method (`block.attend(x, attn_mask=m)`) may be a wrapper around the layer.
-        self._check_wrapper(node, scope, compact_text(node.func))
+        self._check_wrapper(node, scope)
         return (Tensor(None, source=label_text(node)),)
 
     def _masked_fill(self, tensor: Tensor, mask_node: cst.BaseExpression, scope: Scope) -> Alternatives:
@@ -1431,7 +1476,7 @@ class ModuleInterpreter:
             return self._dict_call(node, scope)
         if not name.startswith("torch."):
             # torch's own functions that take `attn_mask` (scaled_dot_product_attention) have other contracts.
-            self._check_wrapper(node, scope, compact_text(node.func))
+            self._check_wrapper(node, scope)
         return (Tensor(None, source=label_text(node)),)
 
     def _call_unknown(self, node: cst.Call, scope: Scope) -> Alternatives:
@@ -1442,7 +1487,7 @@ class ModuleInterpreter:
         if dotted_name(node.func) == "super" and scope.instance is not None:
             return (SuperRef(scope.instance),)
         self._evaluate_arguments(node, scope)
-        self._check_wrapper(node, scope, compact_text(node.func))
+        self._check_wrapper(node, scope)
         return (Tensor(None, source=label_text(node)),)
 
     def _dict_call(self, node: cst.Call, scope: Scope) -> Alternatives:
@@ -1540,7 +1585,7 @@ class ModuleInterpreter:
         if isinstance(base, Tensor):
             return (self._index_tensor(base, node, scope),)
         if isinstance(base, ShapeOf) and len(node.slice) == 1:
-            return (Size(frozenset({compact_text(node)})),)
+            return (Size(frozenset({self._compact_text(node)})),)
         if isinstance(base, Layer) and base.kind in CONTAINERS:
             if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Slice):
                 return (base,)
@@ -1661,7 +1706,12 @@ class ModuleInterpreter:
                 values = self.evaluate(argument, scope) if argument is not None else ()
                 values = join(values, self._from_double_star(node, argument_name, scope))
                 consumer = Consumer(
-                    member.kind, argument_name, member.head_counts, member.batch_first, compact_text(node.func), node
+                    member.kind,
+                    argument_name,
+                    member.head_counts,
+                    member.batch_first,
+                    self._compact_text(node.func),
+                    node,
                 )
                 self._report(values, consumer, argument if argument is not None else node)
         return join(tuple(results)) or (UNKNOWN_VALUE,)
@@ -1700,17 +1750,17 @@ class ModuleInterpreter:
         argument = find_argument(node, *FUNCTIONAL_MASK_ARGUMENT)
         values = self.evaluate(argument, scope) if argument is not None else ()
         values = join(values, self._from_double_star(node, "attn_mask", scope))
-        consumer = Consumer(FUNCTIONAL_MHA, "attn_mask", head_counts, None, compact_text(node.func), node)
+        consumer = Consumer(FUNCTIONAL_MHA, "attn_mask", head_counts, None, self._compact_text(node.func), node)
         self._report(values, consumer, argument if argument is not None else node)
 
-    def _check_wrapper(self, node: cst.Call, scope: Scope, callee: str) -> None:
+    def _check_wrapper(self, node: cst.Call, scope: Scope) -> None:
         argument = find_argument(node, WRAPPER_KEYWORD, None)
         values = self.evaluate(argument, scope) if argument is not None else ()
         values = join(values, self._from_double_star(node, WRAPPER_KEYWORD, scope))
         if not values:
             return
         kind = CONFIGURED_CONSUMER if self._is_configured_consumer(node, scope) else UNKNOWN_CONSUMER
-        consumer = Consumer(kind, WRAPPER_KEYWORD, frozenset(), None, callee, node)
+        consumer = Consumer(kind, WRAPPER_KEYWORD, frozenset(), None, self._compact_text(node.func), node)
         self._report(values, consumer, argument if argument is not None else node)
 
     def _is_configured_consumer(self, node: cst.Call, scope: Scope) -> bool:
@@ -1944,7 +1994,12 @@ def _rank_from_index(tensor: Tensor, entries, consuming: int, has_ellipsis: bool
 
 def _integer_value(node: cst.Integer) -> Optional[int]:
     # Python 3.11 refuses to convert integer literals of more than 4,300 digits.
+    text = node.value
     try:
+        if text.isascii() and text.isdigit():
+            # A decimal literal: `evaluated_value` gives the same number through `ast.literal_eval`, which
+            # compiles the text and took 3% of the analysis time of timm 1.0.31 naflexvit.py (cProfile).
+            return int(text)
         return int(node.evaluated_value)
     except (ValueError, SyntaxError):
         return None
@@ -1996,8 +2051,13 @@ def _uses_name(node: cst.CSTNode, target: cst.BaseExpression) -> bool:
         current = stack.pop()
         if isinstance(current, cst.Name) and current.value == target.value:
             return True
-        stack.extend(current.children)
+        stack.extend(_code_children(current))
     return False
+
+
+def _needs_entry(value: Value) -> bool:
+    """True for a tensor with a merged axis that has not been marked with the call that brought it in."""
+    return isinstance(value, Tensor) and value.entry is None and _has_merged_axis(value)
 
 
 def _has_merged_axis(tensor: Tensor) -> bool:
@@ -2045,8 +2105,60 @@ def _call_ids(module: cst.Module) -> Set[int]:
         node = stack.pop()
         if isinstance(node, cst.Call):
             found.add(id(node))
-        stack.extend(node.children)
+        stack.extend(_code_children(node))
     return found
+
+
+# Node types that hold only whitespace, comments or punctuation, so never a name or a call.
+_FORMATTING_NODE_TYPES = (
+    cst.BaseParenthesizableWhitespace, cst.TrailingWhitespace, cst.EmptyLine, cst.Newline, cst.Comment, cst.Comma,
+    cst.Dot, cst.AssignEqual, cst.Colon, cst.Semicolon, cst.LeftParen, cst.RightParen, cst.LeftSquareBracket,
+    cst.RightSquareBracket, cst.LeftCurlyBrace, cst.RightCurlyBrace,
+)
+
+# For each node type met: the names of its fields, and whether it is one of the formatting node types.
+_NODE_FIELDS: Dict[type, Tuple[str, ...]] = {}
+_IS_FORMATTING: Dict[type, bool] = {}
+
+
+def _code_children(node: cst.CSTNode) -> List[cst.CSTNode]:
+    """Return the nodes of `node.children` that are not formatting nodes (whitespace, comments, punctuation), in no
+    particular order.
+
+    `children` in libcst 1.9 rebuilds the node from its visited children and validates every new node, which took
+    most of the time of `_call_ids` (cProfile, timm 1.0.31 naflexvit.py). Reading the dataclass fields builds nothing.
+    """
+    names = _NODE_FIELDS.get(type(node))
+    if names is None:
+        names = tuple(field.name for field in fields(node))
+        _NODE_FIELDS[type(node)] = names
+    found: List[cst.CSTNode] = []
+    for name in names:
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            if not _is_formatting(value):
+                found.append(value)
+        elif isinstance(value, (tuple, list)):
+            found.extend(item for item in value if isinstance(item, cst.CSTNode) and not _is_formatting(item))
+    return found
+
+
+def _is_formatting(node: cst.CSTNode) -> bool:
+    formatting = _IS_FORMATTING.get(type(node))
+    if formatting is None:
+        formatting = isinstance(node, _FORMATTING_NODE_TYPES)
+        _IS_FORMATTING[type(node)] = formatting
+    return formatting
+
+
+def _nested_expressions(node: cst.CSTNode) -> Iterable[cst.BaseExpression]:
+    """Yield the expressions directly inside `node`, in source order, looking through nodes that are neither
+    expressions, statements nor suites (the arguments and parts of a lambda or an f-string)."""
+    for child in node.children:
+        if isinstance(child, cst.BaseExpression):
+            yield child
+        elif not isinstance(child, (cst.BaseSuite, cst.BaseStatement)):
+            yield from _nested_expressions(child)
 
 
 def _methods_of(class_def: cst.ClassDef) -> List[cst.FunctionDef]:

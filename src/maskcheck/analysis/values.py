@@ -123,8 +123,7 @@ class Tensor:
     ) -> "Tensor":
         """Return the tensor with new axes; `contiguous=True` for operations that return a fresh copy."""
         memory_order = axis_order(axes) if contiguous else self.memory_order
-        return replace(
-            self,
+        return self._replace(
             axes=axes,
             assumed_rank=self.assumed_rank if assumed_rank is None else assumed_rank,
             strided=False if contiguous else (self.strided if strided is None else strided),
@@ -137,7 +136,19 @@ class Tensor:
         return self.memory_order is None or self.axes is None or axis_order(self.axes) == self.memory_order
 
     def with_step(self, step: Step) -> "Tensor":
-        return replace(self, steps=self.steps + (step,))
+        return self._replace(steps=self.steps + (step,))
+
+    def _replace(self, **changes: object) -> "Tensor":
+        """Return a copy with some fields changed, as `dataclasses.replace` does, in under half its time (timeit,
+        Python 3.11), because the analysis makes a new tensor for nearly every expression.
+
+        Copying the instance dictionary gives what `replace` gives only while Tensor has no `__post_init__`, no
+        `init=False` field and no `__slots__`.
+        """
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
 
 
 def axis_order(axes: Optional[Tuple[Axis, ...]]) -> Optional[Tuple[int, ...]]:
