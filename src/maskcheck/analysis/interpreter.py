@@ -607,7 +607,7 @@ class ModuleInterpreter:
             # A call between two other modules (a helper calling a helper): the mask enters this module later, at
             # the call in this module that returns it.
             return result
-        return tuple(replace(v, entry=node) if _needs_entry(v) else v for v in result)
+        return tuple(_with_entry(v, node) for v in result)
 
     def _bind_call(self, node: cst.Call, scope: Scope, skip: int = 0) -> "BoundArguments":
         positional: List[Alternatives] = []
@@ -2055,9 +2055,45 @@ def _uses_name(node: cst.CSTNode, target: cst.BaseExpression) -> bool:
     return False
 
 
-def _needs_entry(value: Value) -> bool:
-    """True for a tensor with a merged axis that has not been marked with the call that brought it in."""
-    return isinstance(value, Tensor) and value.entry is None and _has_merged_axis(value)
+def _needs_entry(value: Value, depth: int = 0) -> bool:
+    """True for a tensor with a merged axis that has not been marked with the call that brought it in.
+
+    Also true for a tuple, list or dict that contains such a tensor (`return mask.repeat(h, 1, 1), 0` or
+    `return {"attn_mask": ...}`), up to `_MAX_ENTRY_NESTING` containers deep.
+    """
+    if isinstance(value, Tensor):
+        return value.entry is None and _has_merged_axis(value)
+    if depth >= _MAX_ENTRY_NESTING:
+        return False
+    if isinstance(value, SequenceValue):
+        return any(_needs_entry(item, depth + 1) for items in value.items for item in items)
+    if isinstance(value, DictValue):
+        return any(_needs_entry(item, depth + 1) for _, items in value.entries for item in items)
+    return False
+
+
+# How many containers deep `_needs_entry` and `_with_entry` look for masks in a returned value.
+_MAX_ENTRY_NESTING = 3
+
+
+def _with_entry(value: Value, node: cst.Call, depth: int = 0) -> Value:
+    """Return `value` with each tensor that `_needs_entry` finds marked as entering the checked module at `node`."""
+    if not _needs_entry(value, depth):
+        return value
+    if isinstance(value, Tensor):
+        return replace(value, entry=node)
+    if isinstance(value, SequenceValue):
+        items = tuple(tuple(_with_entry(v, node, depth + 1) for v in alternatives) for alternatives in value.items)
+        return replace(value, items=items)
+    if isinstance(value, DictValue):
+        return replace(
+            value,
+            entries=tuple(
+                (key, tuple(_with_entry(v, node, depth + 1) for v in alternatives))
+                for key, alternatives in value.entries
+            ),
+        )
+    return value
 
 
 def _has_merged_axis(tensor: Tensor) -> bool:
