@@ -303,8 +303,10 @@ def test_load_config_returns_checked_values(project):
 def test_load_config_rejects_table_that_is_not_a_table(project):
     path = write(project / "pyproject.toml", 'tool = {maskcheck = "on"}\n')
 
-    with pytest.raises(ConfigError, match="must be a table"):
+    with pytest.raises(ConfigError, match="must be a table") as raised:
         load_config(str(path), ["MSK101"])
+
+    assert str(raised.value).endswith("write its settings under a [tool.maskcheck] header")
 
 
 def test_tomli_declared_for_old_pythons():

@@ -103,7 +103,9 @@ def load_config(path: str, known_codes: Iterable[str]) -> FileConfig:
     else:
         where = f"[{TABLE}]"
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [{TABLE}] must be a table, got {_show(table)}")
+        raise ConfigError(
+            f"{path}: [{TABLE}] must be a table, got {_show(table)}; write its settings under a [{TABLE}] header"
+        )
     return _check_table(path, where, table, tuple(known_codes))
 
 
