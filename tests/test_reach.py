@@ -17,6 +17,7 @@ from typing import Dict, List, Tuple
 import libcst as cst
 import pytest
 
+from test_reach_records import count_visits
 from maskcheck import engine, reach
 from maskcheck.analysis import consumers, interpreter, names, project
 from maskcheck.analysis.interpreter import ModuleInterpreter
@@ -447,14 +448,7 @@ def test_clean_pairs_reused_between_modules(library, monkeypatch):
     second = library / "gen" / "second.py"
     for path in (first, second):
         path.write_text("from .typing_utils import TransformersKwargs\n\nTransformersKwargs()\n")
-    visits: List[str] = []
-    original_visit = reach._Search._visit
-
-    def counting_visit(search, home, index, context):
-        visits.append(home.path)
-        original_visit(search, home, index, context)
-
-    monkeypatch.setattr(reach._Search, "_visit", counting_visit)
+    visits = count_visits(monkeypatch)
 
     assert not passes(first)
     first_visits, visits[:] = list(visits), []
