@@ -9,12 +9,13 @@ must equal those of the same file checked with an empty cache.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
-from maskcheck import runner
+from maskcheck import parsing, runner
 from maskcheck.analysis import project, source_cache
 from maskcheck.analysis.interpreter import ModuleInterpreter
 from maskcheck.analysis.source_cache import SourceSizeCache
@@ -248,14 +249,18 @@ def test_worker_start_shares_cache_bounds(monkeypatch):
     monkeypatch.setattr(source_cache, "_SHARERS", 1)
     monkeypatch.setattr(runner, "_WORKER_CHECKER", None)
     setup = runner._Setup(Settings(), None, False, None, "", "")
+    lock = threading.Lock()
     saved_handlers = logging.getLogger("maskcheck").handlers[:]
     saved_propagate = logging.getLogger("maskcheck").propagate
     try:
         with monkeypatch.context() as patch:
             patch.setattr(runner.signal, "signal", lambda *arguments: None)
-            runner._start_worker(setup, 3)
+            patch.setattr(parsing, "_large_parse_lock", None)
+            runner._start_worker(setup, 3, lock)
+            shared_lock = parsing._large_parse_lock
     finally:
         logging.getLogger("maskcheck").handlers = saved_handlers
         logging.getLogger("maskcheck").propagate = saved_propagate
 
     assert source_cache.sharers() == 3
+    assert shared_lock is lock

@@ -1,14 +1,19 @@
-"""The memory that libcst's parser frees goes back to the operating system after a large parse."""
+"""Memory of large parses: freed memory goes back to the operating system, and workers parse large files in turn."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import platform
+import time
 from pathlib import Path
+from typing import List, Optional
 
 import pytest
 
-from maskcheck import parsing
+from maskcheck import parsing, runner
 from maskcheck.findings import SourceError
+from maskcheck.settings import Settings
 
 
 def _source(characters: int) -> str:
@@ -76,3 +81,98 @@ def test_release_freed_memory_in_glibc(monkeypatch):
     monkeypatch.setattr(parsing, "_looked_up", False)
     monkeypatch.setattr(parsing, "_malloc_trim", None)
     assert parsing.release_freed_memory() is True
+
+
+class _RecordingLock:
+    def __init__(self, acquired: bool = True) -> None:
+        self.acquired = acquired
+        self.events: List[str] = []
+
+    def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
+        self.events.append(f"acquire {timeout}")
+        return self.acquired
+
+    def release(self) -> None:
+        self.events.append("release")
+
+
+def test_parse_large_source_takes_shared_lock(monkeypatch):
+    lock = _RecordingLock()
+    monkeypatch.setattr(parsing, "_large_parse_lock", lock)
+    parsing.parse_module(_source(parsing.SERIAL_PARSE_CHARACTERS))
+    assert lock.events == [f"acquire {parsing.SERIAL_PARSE_WAIT_SECONDS}", "release"]
+
+
+def test_parse_below_serial_size_skips_lock(monkeypatch):
+    lock = _RecordingLock()
+    monkeypatch.setattr(parsing, "_large_parse_lock", lock)
+    parsing.parse_module(_source(parsing.SERIAL_PARSE_CHARACTERS - 200))
+    assert lock.events == []
+
+
+def test_parse_after_lock_timeout_releases_nothing(monkeypatch):
+    lock = _RecordingLock(acquired=False)
+    monkeypatch.setattr(parsing, "_large_parse_lock", lock)
+    tree = parsing.parse_module(_source(parsing.SERIAL_PARSE_CHARACTERS))
+    assert lock.events == [f"acquire {parsing.SERIAL_PARSE_WAIT_SECONDS}"]
+    assert len(tree.body) > 1000
+
+
+def test_parse_invalid_large_source_releases_lock(monkeypatch):
+    lock = _RecordingLock()
+    monkeypatch.setattr(parsing, "_large_parse_lock", lock)
+    with pytest.raises(SourceError, match="syntax error"):
+        parsing.parse_module(_source(parsing.SERIAL_PARSE_CHARACTERS) + "def broken(:\n")
+    assert lock.events[-1] == "release"
+
+
+_LARGE_MODULE = """\
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+
+    def forward(self, x, mask):
+        mask = mask.repeat(self.num_heads, 1, 1)
+        return self.attn(x, x, x, attn_mask=mask)[0]
+
+
+"""
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="patches reach forked workers")
+def test_pool_parses_large_files_in_turn(tmp_path, monkeypatch):
+    import libcst
+
+    intervals = tmp_path / "intervals"
+
+    def timed_parse(source: str, *arguments, **keywords):
+        started = time.monotonic()
+        tree = real_libcst_parse(source, *arguments, **keywords)
+        if len(source) >= parsing.SERIAL_PARSE_CHARACTERS:
+            with open(intervals, "a") as handle:
+                handle.write(f"{os.getpid()} {started} {time.monotonic()}\n")
+        return tree
+
+    real_libcst_parse = libcst.parse_module
+    monkeypatch.setattr(libcst, "parse_module", timed_parse)
+    paths = []
+    for number in range(4):
+        path = tmp_path / f"model_{number}.py"
+        path.write_text(_LARGE_MODULE + _source(parsing.SERIAL_PARSE_CHARACTERS))
+        paths.append(str(path))
+
+    results = list(runner.check_paths(paths, Settings(), jobs=2))
+
+    assert [len(outcome.findings) for _, outcome in results] == [1, 1, 1, 1]
+    records = [line.split() for line in intervals.read_text().splitlines()]
+    assert len(records) == 4
+    # Both workers parsed, so without the lock their parses would have overlapped.
+    assert len({record[0] for record in records}) == 2
+    spans = sorted((float(record[1]), float(record[2])) for record in records)
+    for (_, first_end), (second_start, _) in zip(spans, spans[1:]):
+        assert second_start >= first_end

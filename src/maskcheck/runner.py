@@ -482,11 +482,12 @@ def _start_executor(setup: _Setup, workers: int) -> ProcessPoolExecutor:
     # fork is unsafe with the macOS system libraries and missing on Windows.
     methods = multiprocessing.get_all_start_methods()
     method = "fork" if "fork" in methods and sys.platform != "darwin" else "spawn"
+    context = multiprocessing.get_context(method)
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context(method),
+        mp_context=context,
         initializer=_start_worker,
-        initargs=(setup, workers),
+        initargs=(setup, workers, context.Lock()),
     )
 
 
@@ -526,13 +527,16 @@ def _exit_code(processes: list) -> str:
 _WORKER_CHECKER: Optional[_FileChecker] = None
 
 
-def _start_worker(setup: _Setup, workers: int) -> None:
+def _start_worker(setup: _Setup, workers: int, large_parse_lock: Any) -> None:
     from maskcheck.analysis.source_cache import share_between
+    from maskcheck.parsing import share_large_parse_lock
 
     global _WORKER_CHECKER
-    # The workers check files at the same time, so each keeps its share of the parsed-module caches. With one
-    # worker per core the peak memory then stays about the same whatever the number of workers.
+    # The workers check files at the same time, so each keeps its share of the parsed-module caches, and they take
+    # turns to parse large modules. With one worker per core the peak memory then stays about the same whatever
+    # the number of workers.
     share_between(workers)
+    share_large_parse_lock(large_parse_lock)
     # The main process handles Ctrl-C and stops the workers; a worker that saw it too would print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A forked worker inherits the command line's log handler; records go back to the main process instead.
