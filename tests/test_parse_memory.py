@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import platform
@@ -176,3 +177,24 @@ def test_pool_parses_large_files_in_turn(tmp_path, monkeypatch):
     spans = sorted((float(record[1]), float(record[2])) for record in records)
     for (_, first_end), (second_start, _) in zip(spans, spans[1:]):
         assert second_start >= first_end
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_syntax_check_pauses_collector(monkeypatch, enabled_before):
+    seen = []
+    real_parse = parsing.ast.parse
+
+    def recording_parse(*arguments, **keywords):
+        seen.append(gc.isenabled())
+        return real_parse(*arguments, **keywords)
+
+    monkeypatch.setattr(parsing.ast, "parse", recording_parse)
+    if not enabled_before:
+        gc.disable()
+    try:
+        parsing.check_syntax_and_depth("value = [1, 2, 3]\n")
+        enabled_after = gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen == [False]
+    assert enabled_after is enabled_before
