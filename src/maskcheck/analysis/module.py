@@ -90,12 +90,9 @@ def _locate(
     """Find a node in another module of the project: that module's display path, the node's range, and its exact
     source text. None when no loaded module contains the node."""
     for context in project.loaded() if project is not None else ():
-        positions = MetadataWrapper(context.module, unsafe_skip_copy=True).resolve(PositionProvider)
-        where = positions.get(node)
-        if where is not None:
-            lines = source_lines(context.module.code)
-            text = text_in_range(lines, where.start.line, where.start.column, where.end.line, where.end.column)
-            return _display_path(context.path, finding_path), where, text
+        located = context.locate(node)
+        if located is not None:
+            return _display_path(context.path, finding_path), located[0], located[1]
     return None
 
 

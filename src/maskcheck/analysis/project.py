@@ -1,52 +1,209 @@
 """The modules of the analysed project: dotted names from paths, and on-demand parsing of imported modules.
 
 A call into another module of the project (`from .layers import Block`) is followed by parsing that module when it
-is first needed. Parsed modules are kept between the files of one process in a cache bounded by source size,
-keyed by path, dotted name and content.
+is first needed, without its top-level functions and classes: each of those is parsed when it is first looked up.
+Parsed modules are kept between the files of one process in a cache bounded by source size, keyed by path, dotted
+name and content.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
+import re
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import libcst as cst
+from libcst.metadata import CodePosition, CodeRange, MetadataWrapper, PositionProvider
 
 from maskcheck.analysis.names import ImportTable
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.analysis.source_cache import SourceSizeCache
-from maskcheck.findings import SourceError
+from maskcheck.findings import SourceError, source_lines, text_in_range
 from maskcheck.parsing import check_syntax_and_depth, parse_module
 
 # Imported modules larger than this are not parsed for cross-module analysis (generated tables, vendored data).
 MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
 
 
-@dataclass
+Definition = Union[cst.FunctionDef, cst.ClassDef]
+
+
+@dataclass(eq=False)
 class ModuleContext:
-    """One parsed module: its tree, imports, and top-level functions and classes by name."""
+    """One parsed module: its tree, imports, and top-level functions and classes by name.
+
+    A context from `build_lazy` leaves most top-level functions and classes out of `module` and parses each one
+    when it is first looked up in `functions` or `classes`.
+    """
 
     module: cst.Module
     name: Optional[str]
     path: str
     imports: ImportTable
-    functions: Dict[str, cst.FunctionDef] = field(default_factory=dict)
-    classes: Dict[str, cst.ClassDef] = field(default_factory=dict)
+    functions: Mapping[str, cst.FunctionDef] = field(default_factory=dict)
+    classes: Mapping[str, cst.ClassDef] = field(default_factory=dict)
+    # The module's own text, where `module` leaves definitions out (`build_lazy`).
+    source: Optional[str] = None
+    # The trees of the definitions parsed on demand, each with the number of lines above it in `source`.
+    parsed_definitions: List[Tuple[int, cst.Module]] = field(default_factory=list)
 
     @classmethod
     def build(cls, module: cst.Module, name: Optional[str], path: str) -> "ModuleContext":
         package = package_of(name, path)
         context = cls(module, name, path, ImportTable.from_module(module, package))
+        functions: Dict[str, cst.FunctionDef] = {}
+        classes: Dict[str, cst.ClassDef] = {}
         for statement in module.body:
             if isinstance(statement, cst.FunctionDef):
-                context.functions[statement.name.value] = statement
+                functions[statement.name.value] = statement
             elif isinstance(statement, cst.ClassDef):
-                context.classes[statement.name.value] = statement
+                classes[statement.name.value] = statement
+        context.functions, context.classes = functions, classes
         return context
+
+    @classmethod
+    def build_lazy(cls, text: str, tree: ast.Module, name: Optional[str], path: str) -> "ModuleContext":
+        """Build the context of an imported module, parsing its top-level definitions only when looked up.
+
+        The analysis reads an imported module's top-level statements other than definitions, its imports, and the
+        definitions it looks up by name, usually a few of them. So `module` is parsed from the text with every
+        top-level `def` and `class` that contains no import replaced by empty lines, which keeps every position.
+        `tree` is the stdlib parser's tree of `text`.
+        """
+        lines = _LINE.findall(text)
+        segments = _top_level_segments(tree, len(lines))
+        skeleton_lines = list(lines)
+        deferred: List[Tuple[ast.stmt, int, str]] = []
+        for start, end, statements in segments:
+            statement = statements[0]
+            if len(statements) != 1 or not isinstance(statement, _DEFINITIONS):
+                continue
+            segment = "".join(lines[start - 1 : end - 1])
+            if _IMPORT_WORD.search(segment) and any(isinstance(node, _IMPORTS) for node in ast.walk(statement)):
+                # Its imports count for the whole module (`ImportTable`), so it is parsed with the module.
+                continue
+            deferred.append((statement, start, segment))
+            skeleton_lines[start - 1 : end - 1] = ["\n"] * (end - start)
+        module = parse_module("".join(skeleton_lines))
+        if len(module.body) != len(segments) - len(deferred):
+            # NOTE: a fallback for a text whose lines the two parsers count differently; no such text is known.
+            return cls.build(parse_module(text), name, path)
+
+        context = cls(module, name, path, ImportTable.from_module(module, package_of(name, path)), source=text)
+        functions = _LazyDefinitions(context, cst.FunctionDef)
+        classes = _LazyDefinitions(context, cst.ClassDef)
+        eager = iter(module.body)
+        deferred_by_start = {start: (statement, segment) for statement, start, segment in deferred}
+        for start, _, statements in segments:
+            if start in deferred_by_start:
+                statement, segment = deferred_by_start[start]
+                target = classes if isinstance(statement, ast.ClassDef) else functions
+                target.defer(statement.name, start, segment)
+                continue
+            node = next(eager)
+            if isinstance(node, cst.FunctionDef):
+                functions.add(node.name.value, node)
+            elif isinstance(node, cst.ClassDef):
+                classes.add(node.name.value, node)
+        context.functions, context.classes = functions, classes
+        return context
+
+    def locate(self, node: cst.CSTNode) -> Optional[Tuple[CodeRange, str]]:
+        """Return the range and exact text of a node of this module, or None when the node is not one of its own."""
+        for offset, tree in [(0, self.module), *self.parsed_definitions]:
+            where = MetadataWrapper(tree, unsafe_skip_copy=True).resolve(PositionProvider).get(node)
+            if where is None:
+                continue
+            if offset:
+                where = CodeRange(
+                    CodePosition(where.start.line + offset, where.start.column),
+                    CodePosition(where.end.line + offset, where.end.column),
+                )
+            lines = source_lines(self.source if self.source is not None else self.module.code)
+            text = text_in_range(lines, where.start.line, where.start.column, where.end.line, where.end.column)
+            return where, text
+        return None
+
+
+# Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_IMPORTS = (ast.Import, ast.ImportFrom)
+# Every import statement starts its line or follows `;` or `:`, so a definition without a match has no import.
+_IMPORT_WORD = re.compile(r"(?:^|[;:\r\n])[ \t\f]*(?:import|from)\b")
+
+
+def _top_level_segments(tree: ast.Module, line_count: int) -> List[Tuple[int, int, List[ast.stmt]]]:
+    """Split a module into the lines of its top-level statements: (first line, line after the last, statements).
+
+    A definition's lines start at its first decorator. Statements that start on one line (`a = 1; b = 2`) share a
+    segment, as they share a statement line in libcst. The lines between two statements go with the first one.
+    """
+    segments: List[Tuple[int, int, List[ast.stmt]]] = []
+    for statement in tree.body:
+        decorators = getattr(statement, "decorator_list", None)
+        start = decorators[0].lineno if decorators else statement.lineno
+        if segments and segments[-1][0] == start:
+            segments[-1][2].append(statement)
+        else:
+            segments.append((start, 0, [statement]))
+    bounds = [start for start, _, _ in segments[1:]] + [line_count + 1]
+    return [(start, end, statements) for (start, _, statements), end in zip(segments, bounds)]
+
+
+class _LazyDefinitions(Mapping[str, Definition]):
+    """Top-level functions or classes of one module by name, each parsed from its own lines when first read."""
+
+    def __init__(self, context: ModuleContext, kind: type) -> None:
+        self._context = context
+        self._kind = kind
+        self._nodes: Dict[str, Definition] = {}
+        # Definitions not parsed yet: their first line and their text.
+        self._deferred: Dict[str, Tuple[int, str]] = {}
+
+    def add(self, name: str, node: Definition) -> None:
+        self._deferred.pop(name, None)
+        self._nodes[name] = node
+
+    def defer(self, name: str, start: int, segment: str) -> None:
+        self._nodes.pop(name, None)
+        self._deferred[name] = (start, segment)
+
+    def __getitem__(self, name: str) -> Definition:
+        node = self._nodes.get(name)
+        if node is not None:
+            return node
+        start, segment = self._deferred.pop(name)
+        node = self._parse(name, start, segment)
+        self._nodes[name] = node
+        return node
+
+    def _parse(self, name: str, start: int, segment: str) -> Definition:
+        tree = parse_module(segment)
+        node = tree.body[0] if len(tree.body) == 1 else None
+        if isinstance(node, self._kind) and node.name.value == name:
+            self._context.parsed_definitions.append((start - 1, tree))
+            return node
+        # A fallback like the one in `build_lazy`: the whole module is parsed again, and its definition is used.
+        full = parse_module(self._context.source or "")
+        self._context.parsed_definitions.append((0, full))
+        found = [statement for statement in full.body if isinstance(statement, self._kind)]
+        return [statement for statement in found if statement.name.value == name][-1]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes or name in self._deferred
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._nodes
+        yield from self._deferred
+
+    def __len__(self) -> int:
+        return len(self._nodes) + len(self._deferred)
 
 
 # Source bytes of parsed imported modules kept between files, least recently used dropped first, shared by the
@@ -58,7 +215,8 @@ MAX_CACHED_SOURCE_BYTES = 4 * 1024 * 1024
 
 # Parsed imported modules shared by every file that one process checks. Reusing a tree changes only how long a
 # lookup takes, never what it returns: the key contains the content digest and the dotted name the module is built
-# with, and the analysis never changes a ModuleContext.
+# with, and the analysis never changes a ModuleContext, except that the first lookup of a deferred definition
+# parses it (`build_lazy`).
 _PARSED = SourceSizeCache(MAX_CACHED_SOURCE_BYTES)
 
 
@@ -116,8 +274,11 @@ class ProjectIndex:
         if len(data) <= MAX_IMPORTED_MODULE_BYTES and b"\x00" not in data:
             try:
                 text = data.decode(tokenize.detect_encoding(io.BytesIO(data).readline)[0])
-                check_syntax_and_depth(text)
-                context = ModuleContext.build(parse_module(text), dotted, str(path))
+                tree = check_syntax_and_depth(text)
+                if tree is None:
+                    context = ModuleContext.build(parse_module(text), dotted, str(path))
+                else:
+                    context = ModuleContext.build_lazy(text, tree, dotted, str(path))
             except (SourceError, SyntaxError, RecursionError, UnicodeDecodeError, LookupError, ValueError):
                 # An imported module that cannot be analysed is treated like a library: its calls are not followed.
                 context = None
