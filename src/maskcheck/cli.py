@@ -583,24 +583,46 @@ def _load_config(options: argparse.Namespace, paths: Sequence[str]) -> FileConfi
 # Entry point
 
 
+class Terminated(KeyboardInterrupt):
+    """The exception raised for SIGTERM: a KeyboardInterrupt, so workers are stopped and rewritten files listed."""
+
+
+def _raise_terminated(signal_number: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line and return the exit status; argparse's usage errors return 2 instead of exiting."""
+    import signal
+
+    # Without a handler, SIGTERM ended this process at once and left its worker processes running, blocked on
+    # the pipe to it, with standard output still open. A caller that waits for that output then waits forever.
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        pass  # not the main thread of the interpreter, where only the default action applies
+    terminated = False
     try:
         return _main(argv)
     except SystemExit as exit_request:
         code = exit_request.code
         return code if isinstance(code, int) else EXIT_ERROR
     except KeyboardInterrupt as interrupt:
-        _print_interrupt(interrupt)
-        return 130
+        terminated = isinstance(interrupt, Terminated) or isinstance(interrupt.__context__, Terminated)
+        _print_interrupt(interrupt, "terminated" if terminated else "interrupted")
+        return 128 + signal.SIGTERM if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _print_interrupt(interrupt: KeyboardInterrupt) -> None:
-    """Print that the run was interrupted and, when files were already rewritten, list them."""
+def _print_interrupt(interrupt: KeyboardInterrupt, word: str = "interrupted") -> None:
+    """Print that the run was interrupted or terminated and, when files were already rewritten, list them."""
     from maskcheck.rewrite import InterruptedRewrite
 
     if not isinstance(interrupt, InterruptedRewrite) or not (interrupt.rewritten or interrupt.unchecked):
-        print("maskcheck: interrupted", file=sys.stderr)
+        print(f"maskcheck: {word}", file=sys.stderr)
         return
     count = _count(len(interrupt.rewritten) + len(interrupt.unchecked), "file")
     print(

@@ -539,6 +539,8 @@ def _start_worker(setup: _Setup, workers: int, large_parse_lock: Any) -> None:
     share_large_parse_lock(large_parse_lock)
     # The main process handles Ctrl-C and stops the workers; a worker that saw it too would print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the command line's SIGTERM handler, but the pool stops workers with SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A forked worker inherits the command line's log handler; records go back to the main process instead.
     logger = logging.getLogger("maskcheck")
     logger.handlers = []

@@ -1,0 +1,101 @@
+"""SIGTERM stops the command line and its worker processes, as Ctrl-C does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from maskcheck import cli
+
+pytestmark = pytest.mark.skipif(
+    not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(), reason="lists child processes from /proc"
+)
+
+_SLOW_MODULE = """\
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn = nn.MultiheadAttention(dim, num_heads)
+
+    def forward(self, x, mask):
+        return self.attn(x, x, x, attn_mask=mask.repeat(self.num_heads, 1, 1))[0]
+
+
+"""
+
+
+def _children(pid: int) -> list:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(child) for child in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_workers_and_exits_143(tmp_path):
+    filler = "".join(f"value_{index} = combine(first[{index}], (second, third), scale=0.5)\n" for index in range(9000))
+    for number in range(4):
+        (tmp_path / f"model_{number}.py").write_text(_SLOW_MODULE + filler)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maskcheck", "--no-cache", "--jobs", "2", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers: list = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+            workers = _children(process.pid)
+        assert len(workers) >= 2, "the worker processes did not start"
+
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+
+        assert process.returncode == 128 + signal.SIGTERM
+        assert err.strip().splitlines()[-1] == "maskcheck: terminated"
+        deadline = time.monotonic() + 10
+        while any(_alive(worker) for worker in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [worker for worker in workers if _alive(worker)]
+    finally:
+        # A failed check must not leave processes behind.
+        for pid in [process.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.communicate()
+
+
+def test_main_restores_sigterm_handler(monkeypatch):
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_main", lambda argv: 0)
+    assert cli.main([]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_terminated_main_exits_143(monkeypatch, capsys):
+    def terminate(argv):
+        raise cli.Terminated()
+
+    monkeypatch.setattr(cli, "_main", terminate)
+    assert cli.main([]) == 143
+    assert capsys.readouterr().err == "maskcheck: terminated\n"
