@@ -146,8 +146,8 @@ def parse_module(source: str) -> cst.Module:
 TRIM_AFTER_CHARACTERS = 128 * 1024
 
 # Sources of at least this many characters are parsed by one worker process at a time, because each such parse
-# may allocate 90 MB or more. Then the peak memory of a run is about one large parse plus what every worker keeps,
-# whatever the number of workers and files. 17 of the 7,431 files of the five benchmark trees are this large.
+# may allocate 90 MB or more. Then a run's peak holds one large parse, not one per worker. The analysis after the
+# parse is not serialized. 17 of the 7,431 files of the five benchmark trees are this large.
 SERIAL_PARSE_CHARACTERS = 256 * 1024
 
 # How long a worker waits for its turn before it parses anyway. A worker that dies while parsing never releases the
