@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
+from conftest import BUGGY_BLOCK
 
 from maskcheck import parsing, runner
 from maskcheck.findings import SourceError
@@ -127,22 +128,6 @@ def test_parse_invalid_large_source_releases_lock(monkeypatch):
     assert lock.events[-1] == "release"
 
 
-_LARGE_MODULE = """\
-import torch.nn as nn
-
-
-class Block(nn.Module):
-    def __init__(self, dim, num_heads):
-        super().__init__()
-        self.num_heads = num_heads
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-
-    def forward(self, x, mask):
-        mask = mask.repeat(self.num_heads, 1, 1)
-        return self.attn(x, x, x, attn_mask=mask)[0]
-
-
-"""
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="patches reach forked workers")
@@ -164,7 +149,7 @@ def test_pool_parses_large_files_in_turn(tmp_path, monkeypatch):
     paths = []
     for number in range(4):
         path = tmp_path / f"model_{number}.py"
-        path.write_text(_LARGE_MODULE + _source(parsing.SERIAL_PARSE_CHARACTERS))
+        path.write_text(BUGGY_BLOCK + "\n\n" + _source(parsing.SERIAL_PARSE_CHARACTERS))
         paths.append(str(path))
 
     results = list(runner.check_paths(paths, Settings(), jobs=2))

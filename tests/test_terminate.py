@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BUGGY_BLOCK
 
 from maskcheck import cli
 
@@ -17,21 +18,6 @@ pytestmark = pytest.mark.skipif(
     not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(), reason="lists child processes from /proc"
 )
 
-_SLOW_MODULE = """\
-import torch.nn as nn
-
-
-class Block(nn.Module):
-    def __init__(self, dim, num_heads):
-        super().__init__()
-        self.num_heads = num_heads
-        self.attn = nn.MultiheadAttention(dim, num_heads)
-
-    def forward(self, x, mask):
-        return self.attn(x, x, x, attn_mask=mask.repeat(self.num_heads, 1, 1))[0]
-
-
-"""
 
 
 def _children(pid: int) -> list:
@@ -53,7 +39,7 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_workers_and_exits_143(tmp_path):
     filler = "".join(f"value_{index} = combine(first[{index}], (second, third), scale=0.5)\n" for index in range(9000))
     for number in range(4):
-        (tmp_path / f"model_{number}.py").write_text(_SLOW_MODULE + filler)
+        (tmp_path / f"model_{number}.py").write_text(BUGGY_BLOCK + "\n\n" + filler)
     process = subprocess.Popen(
         [sys.executable, "-m", "maskcheck", "--no-cache", "--jobs", "2", str(tmp_path)],
         stdout=subprocess.PIPE,
