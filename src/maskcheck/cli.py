@@ -105,6 +105,8 @@ exit status:
   2  usage or configuration error, a file or directory could not be read or
      analysed, a fix was rolled back, --verify without torch, or the report
      could not be written
+  130  interrupted with Ctrl-C
+  143  stopped with SIGTERM
 """
 
 
