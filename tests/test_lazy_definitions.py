@@ -152,3 +152,27 @@ def test_lazy_definitions_fall_back_to_full_parse():
     assert attention.name.value == "Attention"
     assert context.parsed_definitions[0][0] == 0
     assert context.locate(attention.body.body[0].name)[1] == "forward"
+
+
+AWKWARD_MODULES = {
+    # The stdlib parser puts this decorator on the line of `staticmethod`, below the `@`.
+    "decorator_below_at": "def per_head(mask, heads):\n    return mask.repeat(heads, 1, 1)\n@(\n    staticmethod\n)\n"
+    "def third(x):\n    return x\n",
+    "decorator_below_at_first": "@(\n    staticmethod\n)\ndef third(x):\n    return x\n\n\n"
+    "def per_head(mask, heads):\n    return mask.repeat(heads, 1, 1)\n",
+    # A line with only a backslash joins the statement below it.
+    "backslash_line": "def per_head(mask, heads):\n    return mask.repeat(heads, 1, 1)\n\\\nX = 1\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AWKWARD_MODULES))
+def test_build_lazy_matches_full_build_on_awkward_lines(name):
+    text = AWKWARD_MODULES[name]
+    lazy, full = _lazy(text), _full(text)
+    for mine, theirs in ((lazy.functions, full.functions), (lazy.classes, full.classes)):
+        assert sorted(mine) == sorted(theirs)
+        for definition in theirs:
+            assert _code(mine[definition]) == _code(theirs[definition])
+    statement = lazy.functions["per_head"].body.body[0]
+    expected_line = text.splitlines().index("    return mask.repeat(heads, 1, 1)") + 1
+    assert lazy.locate(statement)[0].start.line == expected_line

@@ -83,15 +83,20 @@ class ModuleContext:
             statement = statements[0]
             if len(statements) != 1 or not isinstance(statement, _DEFINITIONS):
                 continue
+            if not _stands_alone(lines, start, end, statement):
+                continue
             segment = "".join(lines[start - 1 : end - 1])
             if _IMPORT_WORD.search(segment) and any(isinstance(node, _IMPORTS) for node in ast.walk(statement)):
                 # Its imports count for the whole module (`ImportTable`), so it is parsed with the module.
                 continue
             deferred.append((statement, start, segment))
             skeleton_lines[start - 1 : end - 1] = ["\n"] * (end - start)
-        module = parse_module("".join(skeleton_lines))
-        if len(module.body) != len(segments) - len(deferred):
-            # NOTE: a fallback for a text whose lines the two parsers count differently; no such text is known.
+        try:
+            module = parse_module("".join(skeleton_lines))
+        except SourceError:
+            module = None
+        if module is None or len(module.body) != len(segments) - len(deferred):
+            # A fallback for a text that `_stands_alone` misjudges; the whole module is parsed as before.
             return cls.build(parse_module(text), name, path)
 
         context = cls(module, name, path, ImportTable.from_module(module, package_of(name, path)), source=text)
@@ -138,6 +143,23 @@ _IMPORTS = (ast.Import, ast.ImportFrom)
 _IMPORT_WORD = re.compile(r"(?:^|[;:\r\n])[ \t\f]*(?:import|from)\b")
 
 
+def _stands_alone(lines: List[str], start: int, end: int, statement: ast.stmt) -> bool:
+    """Return whether a definition's segment holds only the definition, and comments and blank lines after it.
+
+    The stdlib parser gives a decorator's line as the line where its expression starts, which can lie below the
+    `@` (`@(` on a line of its own), and a line with only a backslash joins the next statement. In both cases the
+    segment does not parse alone, so the definition is parsed with the module.
+    """
+    first = lines[start - 1].lstrip(" \t\f")
+    if not first.startswith(("@", "def", "class", "async")):
+        return False
+    for line in lines[statement.end_lineno : end - 1]:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return False
+    return True
+
+
 def _top_level_segments(tree: ast.Module, line_count: int) -> List[Tuple[int, int, List[ast.stmt]]]:
     """Split a module into the lines of its top-level statements: (first line, line after the last, statements).
 
@@ -178,15 +200,19 @@ class _LazyDefinitions(Mapping[str, Definition]):
         node = self._nodes.get(name)
         if node is not None:
             return node
-        start, segment = self._deferred.pop(name)
+        start, segment = self._deferred[name]
         node = self._parse(name, start, segment)
+        del self._deferred[name]
         self._nodes[name] = node
         return node
 
     def _parse(self, name: str, start: int, segment: str) -> Definition:
-        tree = parse_module(segment)
-        node = tree.body[0] if len(tree.body) == 1 else None
-        if isinstance(node, self._kind) and node.name.value == name:
+        try:
+            tree: Optional[cst.Module] = parse_module(segment)
+        except SourceError:
+            tree = None
+        node = tree.body[0] if tree is not None and len(tree.body) == 1 else None
+        if tree is not None and isinstance(node, self._kind) and node.name.value == name:
             self._context.parsed_definitions.append((start - 1, tree))
             return node
         # A fallback like the one in `build_lazy`: the whole module is parsed again, and its definition is used.
