@@ -85,3 +85,50 @@ def test_terminated_main_exits_143(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_main", terminate)
     assert cli.main([]) == 143
     assert capsys.readouterr().err == "maskcheck: terminated\n"
+
+
+def test_sigterm_during_file_check_stops_run(tmp_path, run_cli, monkeypatch):
+    for number in range(3):
+        (tmp_path / f"model_{number}.py").write_text(BUGGY_BLOCK)
+    checked = []
+
+    def cleanup_fails(source, path="<stdin>", settings=None):
+        # As in libcst's position pass: the signal arrives in a `try` whose `finally` raises another exception.
+        checked.append(path)
+        try:
+            cli._raise_terminated(signal.SIGTERM, None)
+        finally:
+            raise KeyError("cleanup")
+
+    monkeypatch.setattr(cli, "check_source", cleanup_fails)
+    result = run_cli([str(tmp_path), "--jobs", "1", "--no-cache"])
+
+    assert result.code == 143
+    assert result.err == "maskcheck: terminated\n"
+    assert len(checked) == 1
+
+
+def test_sigterm_outside_file_check_exits_143(monkeypatch, capsys):
+    def cleanup_fails(argv):
+        try:
+            cli._raise_terminated(signal.SIGTERM, None)
+        finally:
+            raise KeyError("cleanup")
+
+    monkeypatch.setattr(cli, "_main", cleanup_fails)
+    assert cli.main([]) == 143
+    assert capsys.readouterr().err == "maskcheck: terminated\n"
+
+
+def test_second_sigterm_is_ignored(monkeypatch):
+    monkeypatch.setattr(cli, "_terminating", True)
+    assert cli._raise_terminated(signal.SIGTERM, None) is None
+
+
+def test_main_clears_sigterm_state(monkeypatch):
+    def terminate(argv):
+        cli._raise_terminated(signal.SIGTERM, None)
+
+    monkeypatch.setattr(cli, "_main", terminate)
+    assert cli.main([]) == 143
+    assert cli._terminating is False

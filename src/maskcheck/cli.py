@@ -589,7 +589,16 @@ class Terminated(KeyboardInterrupt):
     """The exception raised for SIGTERM: a KeyboardInterrupt, so workers are stopped and rewritten files listed."""
 
 
+# Whether SIGTERM has arrived in this run. Code that catches exceptions checks it, because the signal can arrive
+# inside a `try` whose `finally` raises another exception in place of Terminated.
+_terminating = False
+
+
 def _raise_terminated(signal_number: int, frame: object) -> None:
+    global _terminating
+    if _terminating:
+        return  # a second SIGTERM while the first stops the run changes nothing
+    _terminating = True
     raise Terminated()
 
 
@@ -604,17 +613,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:
         pass  # not the main thread of the interpreter, where only the default action applies
-    terminated = False
+    global _terminating
+    _terminating = False
     try:
         return _main(argv)
     except SystemExit as exit_request:
         code = exit_request.code
         return code if isinstance(code, int) else EXIT_ERROR
     except KeyboardInterrupt as interrupt:
-        terminated = isinstance(interrupt, Terminated) or isinstance(interrupt.__context__, Terminated)
+        terminated = _terminating or isinstance(interrupt, Terminated)
         _print_interrupt(interrupt, "terminated" if terminated else "interrupted")
         return 128 + signal.SIGTERM if terminated else 130
+    except Exception:
+        if not _terminating:
+            raise
+        _print_interrupt(Terminated(), "terminated")
+        return 128 + signal.SIGTERM
     finally:
+        _terminating = False
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -628,7 +644,7 @@ def _print_interrupt(interrupt: KeyboardInterrupt, word: str = "interrupted") ->
         return
     count = _count(len(interrupt.rewritten) + len(interrupt.unchecked), "file")
     print(
-        f"maskcheck: interrupted after {count} had been rewritten; each listed file is completely written, "
+        f"maskcheck: {word} after {count} had been rewritten; each listed file is completely written, "
         "and every other file has its original content",
         file=sys.stderr,
     )
@@ -1097,6 +1113,9 @@ def check_file(source: SourceFile, settings: Settings, code_filter: CodeFilter, 
     except SourceError as error:
         return FileOutcome(error=str(error))
     except Exception as error:  # noqa: BLE001 - one file's crash must not stop the run
+        if _terminating:
+            # SIGTERM arrived inside code whose cleanup raised another exception (libcst's position pass does).
+            raise Terminated() from error
         LOG.debug("internal error while checking %s", source.display, exc_info=True)
         return FileOutcome(error=f"internal error in maskcheck ({type(error).__name__}: {error}); please report it")
 
