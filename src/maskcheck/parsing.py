@@ -10,7 +10,8 @@ import ast
 import gc
 import io
 import tokenize
-from typing import TYPE_CHECKING, Callable, List, Optional, Protocol
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Protocol
 
 from maskcheck.findings import SourceError
 
@@ -67,22 +68,30 @@ def check_syntax_and_depth(source: str) -> Optional[ast.Module]:
     return tree
 
 
-def _parse_without_collection(source: str) -> ast.Module:
-    """Parse with the stdlib parser while the garbage collector is paused.
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Turn the cyclic garbage collector off inside the block, unless it is off already.
 
-    The parser builds a tree, which has no reference cycles, so a collection during the parse finds nothing to
-    free. Yet the tree's nodes trigger collections, and each full one walks every object of the process, so parses
-    became slower as the caches of parsed modules filled: 14.5 s of CPU for the first copy of torch's `torch/`
-    tree and 18.8 s for the third, in one process (cProfile). Paused, 150 `torch/nn` files took 0.11 to 0.12 s
-    whether the process held 0 or 3 million other objects; with the collector on, 0.14 to 0.33 s.
+    Parsing creates hundreds of thousands of tracked objects (AST nodes), and each run of the collector examines
+    every tracked object that is alive, so parses slowed down as the caches of parsed modules filled. Reference
+    counting still frees every object outside a reference cycle, and any cycle is freed by the first collection
+    after the block. Measured with CPython 3.11: the pre-filter took half the CPU time on a 50-file transformers
+    sample. In one process, the syntax check of the first copy of torch's `torch/` tree took 14.5 s of CPU and
+    of the third 18.8 s (cProfile). Paused, 150 `torch/nn` files parsed in 0.11 to 0.12 s whether the process held
+    0 or 3 million other objects, against 0.14 to 0.33 s with the collector on.
     """
-    if not gc.isenabled():
-        return ast.parse(source)
+    enabled = gc.isenabled()
     gc.disable()
     try:
-        return ast.parse(source)
+        yield
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
+
+
+def _parse_without_collection(source: str) -> ast.Module:
+    with collector_paused():
+        return ast.parse(source)
 
 
 def _ast_depth(tree: ast.AST) -> int:
@@ -140,14 +149,14 @@ def parse_module(source: str) -> cst.Module:
 # libcst 1.9's parser, written in Rust, allocates about 360 bytes of memory per source byte while it parses, and 540
 # on torch 2.13's 1.4 MB common_methods_invocations.py. It frees nearly all of it when it returns: the tree of that
 # file takes about 40 MB (tracemalloc). glibc keeps the freed memory in the process, so a worker that once parsed a
-# large file stayed that large for the rest of the run: 737 MB after that parse, and 71 MB after `malloc_trim(0)`
-# with the tree still alive (measured on this project's 2-core Linux machine). A trim costs 0.1 to 3 ms, so it runs
-# only after sources of at least this many characters, whose parse may have allocated 45 MB or more.
+# large file stayed that large for the rest of the run. On this project's 2-core Linux machine a process measured
+# 737 MB after that parse, and 71 MB after `malloc_trim(0)` with the tree still alive. A trim costs 0.1 to 3 ms, so
+# it runs only after sources of at least this many characters, whose parse may have allocated 45 MB or more.
 TRIM_AFTER_CHARACTERS = 128 * 1024
 
 # Sources of at least this many characters are parsed by one worker process at a time, because each such parse
-# may allocate 90 MB or more. Then a run's peak holds one large parse, not one per worker. The analysis after the
-# parse is not serialized. 17 of the 7,431 files of the five benchmark trees are this large.
+# may allocate 90 MB or more. Then a run's peak contains one large parse, not one per worker. The analysis after
+# the parse is not serialized. 17 of the 7,431 files of the five benchmark trees are this large.
 SERIAL_PARSE_CHARACTERS = 256 * 1024
 
 # How long a worker waits for its turn before it parses anyway. A worker that dies while parsing never releases the

@@ -110,8 +110,8 @@ use that (`_PairRecords`):
       A later search that adds such a pair stops with a sign when every record on the way finds the same keys.
 So neither table changes the result of a check. A lookup takes a module's key from `os.stat` and a remembered digest, and
 parses the module only when its facts are read. The cyclic garbage collector is paused during a check
-(`_collector_paused`). This module imports only the stdlib and the analysis's stdlib-only modules
-(`consumer_specs`, `module_paths`): the other analysis modules import libcst. The few values it repeats from them
+(`parsing.collector_paused`). This module imports only the stdlib, `maskcheck.parsing` and the analysis's stdlib-only
+modules (`consumer_specs`, `module_paths`): the other analysis modules import libcst. The few values it repeats from them
 are checked by tests/test_reach.py.
 
 With the cache on, the facts are also kept on disk between runs (`INDEX_STORE`, from `maskcheck.index_store`).
@@ -120,14 +120,12 @@ With the cache on, the facts are also kept on disk between runs (`INDEX_STORE`, 
 from __future__ import annotations
 
 import ast
-import gc
 import hashlib
 import io
 import os
 import stat
 import tokenize
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
@@ -148,6 +146,7 @@ from typing import (
 from maskcheck.analysis.consumer_specs import FUNCTIONAL_MHA, LAYER_SPECS, WRAPPER_KEYWORD
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.analysis import source_cache
+from maskcheck.parsing import collector_paused
 from maskcheck.analysis.source_cache import SourceSizeCache
 
 if TYPE_CHECKING:
@@ -1345,33 +1344,13 @@ def may_have_findings(tree: ast.Module, path: str, follow_imports: bool, source:
     """
     module_name, root = module_name_for(path) if follow_imports else (None, None)
     roots = search_roots(path, root) if root is not None else None
-    with _collector_paused():
+    with collector_paused():
         facts = None
         if module_name is not None and source is not None:
             facts = _facts_of_own_file(tree, path, module_name, source)
         if facts is None:
             facts = build_facts(tree, package_of(module_name, path), path)
         return _Search(facts, roots).run()
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Turn the cyclic garbage collector off inside the block, unless it is off already.
-
-    Parsing an imported module creates hundreds of thousands of tracked objects (AST nodes), and each run of the
-    collector examines the tracked objects that are alive. With it paused, the pre-filter took half the CPU time on
-    a 50-file transformers sample (CPython 3.11). Reference counting still frees every object that is not in a
-    reference cycle, and the check creates no cycles on purpose. Any other cycle is freed by the first collection
-    after the block.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _facts_of_own_file(tree: ast.Module, path: str, module_name: str, source: str) -> Optional[ModuleFacts]:
