@@ -152,6 +152,9 @@ def test_lazy_definitions_fall_back_to_full_parse():
     assert attention.name.value == "Attention"
     assert context.parsed_definitions[0][0] == 0
     assert context.locate(attention.body.body[0].name)[1] == "forward"
+    context.functions.defer("with_import", 1, "value = 1\n")
+    assert context.functions["with_import"].name.value == "with_import"
+    assert len(context.parsed_definitions) == 1
 
 
 AWKWARD_MODULES = {

@@ -51,6 +51,8 @@ class ModuleContext:
     source: Optional[str] = None
     # The trees of the definitions parsed on demand, each with the number of lines above it in `source`.
     parsed_definitions: List[Tuple[int, cst.Module]] = field(default_factory=list)
+    # The tree of all of `source`, parsed only when a definition's own lines did not parse.
+    full_tree: Optional[cst.Module] = None
 
     @classmethod
     def build(cls, module: cst.Module, name: Optional[str], path: str) -> "ModuleContext":
@@ -215,9 +217,11 @@ class _LazyDefinitions(Mapping[str, Definition]):
         if tree is not None and isinstance(node, self._kind) and node.name.value == name:
             self._context.parsed_definitions.append((start - 1, tree))
             return node
-        # A fallback like the one in `build_lazy`: the whole module is parsed again, and its definition is used.
-        full = parse_module(self._context.source or "")
-        self._context.parsed_definitions.append((0, full))
+        # A fallback like the one in `build_lazy`: the whole module is parsed once more, and its definition is used.
+        full = self._context.full_tree
+        if full is None:
+            full = self._context.full_tree = parse_module(self._context.source or "")
+            self._context.parsed_definitions.append((0, full))
         found = [statement for statement in full.body if isinstance(statement, self._kind)]
         return [statement for statement in found if statement.name.value == name][-1]
 
