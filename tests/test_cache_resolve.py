@@ -104,12 +104,17 @@ def test_listing_answers_absent_libraries(tree, tmp_path, monkeypatch):
     assert searched == ["pkg.module", "plain"]
 
 
-def test_entry_stores_roots_once_per_group(tree, tmp_path):
-    first, second = (str(root) for root in tree)
+def _cache_and_checked_file(tmp_path):
+    """Return a new result cache in `tmp_path` and the state of a checked file there that imports `plain`."""
     checked = tmp_path / "checked.py"
     checked.write_text("import plain\n")
-    cache = ResultCache(tmp_path / CACHE_DIR_NAME, "run")
     state, _ = FileState.read(str(checked), "checked.py", 1 << 20)
+    return ResultCache(tmp_path / CACHE_DIR_NAME, "run"), state
+
+
+def test_entry_stores_roots_once_per_group(tree, tmp_path):
+    first, second = (str(root) for root in tree)
+    cache, state = _cache_and_checked_file(tmp_path)
     lookups = [((first, second), "plain"), ((first, second), "torch"), ((second,), "only_here")]
 
     cache.store(state, cache.dependencies(lookups), {"answer": 1})
@@ -127,10 +132,7 @@ def test_entry_stores_roots_once_per_group(tree, tmp_path):
 
 def test_changed_dependency_in_group_is_stale(tree, tmp_path):
     first, second = (str(root) for root in tree)
-    checked = tmp_path / "checked.py"
-    checked.write_text("import plain\n")
-    cache = ResultCache(tmp_path / CACHE_DIR_NAME, "run")
-    state, _ = FileState.read(str(checked), "checked.py", 1 << 20)
+    cache, state = _cache_and_checked_file(tmp_path)
     cache.store(state, cache.dependencies([((second, first), "plain"), ((second, first), "absent")]), {"answer": 1})
 
     (Path(second) / "plain.py").write_text("changed = True\n")
