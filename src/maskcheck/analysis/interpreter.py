@@ -155,20 +155,74 @@ class Instance:
         return self._hash
 
 
-@dataclass(frozen=True)
 class ClassRef:
-    """A class defined in the project."""
+    """A class defined at the top level of a project module, by name.
 
-    context: ModuleContext = field(compare=False, hash=False)
-    class_def: cst.ClassDef
+    Evaluating a name only makes the reference: the definition is looked up, and in an imported module parsed
+    (`ModuleContext.build_lazy`), when the analysis first reads `class_def`, to call the class or to use it as a
+    base. Two references are equal when they name the same class of the same module context.
+    """
+
+    __slots__ = ("context", "name", "_class_def")
+
+    def __init__(self, context: ModuleContext, name: str) -> None:
+        self.context = context
+        self.name = name
+        self._class_def: Optional[cst.ClassDef] = None
+
+    @property
+    def class_def(self) -> cst.ClassDef:
+        if self._class_def is None:
+            self._class_def = self.context.classes[self.name]
+        return self._class_def
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClassRef) and other.context is self.context and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((id(self.context), self.name))
+
+    def __repr__(self) -> str:
+        return f"ClassRef({self.context.name or self.context.path}.{self.name})"
 
 
-@dataclass(frozen=True)
 class FunctionRef:
-    """A module-level function defined in the project."""
+    """A function of the project: a module's top-level function by name, or a static method by its node.
 
-    context: ModuleContext = field(compare=False, hash=False)
-    function: cst.FunctionDef
+    A top-level function is looked up, and in an imported module parsed, when the analysis first reads `function`
+    (see `ClassRef`).
+    """
+
+    __slots__ = ("context", "name", "_function", "_key")
+
+    def __init__(self, context: ModuleContext, name: str) -> None:
+        self.context = context
+        self.name = name
+        self._function: Optional[cst.FunctionDef] = None
+        self._key: tuple = ("name", id(context), name)
+
+    @classmethod
+    def of_method(cls, context: ModuleContext, method: cst.FunctionDef) -> "FunctionRef":
+        """A static method looked up on a class. It is never a top-level function, so never equal to one."""
+        reference = cls(context, method.name.value)
+        reference._function = method
+        reference._key = ("method", id(method))
+        return reference
+
+    @property
+    def function(self) -> cst.FunctionDef:
+        if self._function is None:
+            self._function = self.context.functions[self.name]
+        return self._function
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FunctionRef) and other._key == self._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        return f"FunctionRef({self.context.name or self.context.path}.{self.name})"
 
 
 @dataclass(frozen=True)
@@ -952,9 +1006,9 @@ class ModuleInterpreter:
         context = scope.module_context()
         if context is not None:
             if node.value in context.functions:
-                return (FunctionRef(context, context.functions[node.value]),)
+                return (FunctionRef(context, node.value),)
             if node.value in context.classes:
-                return (ClassRef(context, context.classes[node.value]),)
+                return (ClassRef(context, node.value),)
             qualified = context.imports.resolve(node)
             if qualified is not None:
                 return (self._project_object(qualified) or QualifiedName(qualified),)
@@ -974,9 +1028,9 @@ class ModuleInterpreter:
         if context is None:
             return None
         if symbol in context.functions:
-            return FunctionRef(context, context.functions[symbol])
+            return FunctionRef(context, symbol)
         if symbol in context.classes:
-            return ClassRef(context, context.classes[symbol])
+            return ClassRef(context, symbol)
         reexported = context.imports.resolve(cst.Name(symbol))
         if reexported is not None and reexported != qualified:
             return self._project_object(reexported, hops + 1)
@@ -1036,7 +1090,7 @@ class ModuleInterpreter:
                 if "classmethod" in decorators:
                     return (ClassMethod(base, found.function),)
                 if "staticmethod" in decorators:
-                    return (FunctionRef(base.context, found.function),)
+                    return (FunctionRef.of_method(base.context, found.function),)
             return (UNKNOWN_VALUE,)
         if isinstance(base, QualifiedName):
             return (QualifiedName(f"{base.name}.{attribute}"),)
