@@ -18,7 +18,7 @@ import pytest
 from maskcheck import parsing, runner
 from maskcheck.analysis import project, source_cache
 from maskcheck.analysis.interpreter import ModuleInterpreter
-from maskcheck.analysis.source_cache import SourceSizeCache
+from maskcheck.analysis.source_cache import SizeBoundedCache
 from maskcheck.engine import check_source
 from maskcheck.findings import SourceError
 from maskcheck.settings import Settings
@@ -172,9 +172,9 @@ def fresh_cache():
     project._PARSED.clear()
 
 
-@pytest.mark.parametrize("cache_bytes", [project.MAX_CACHED_SOURCE_BYTES, 1], ids=["default_cache", "tiny_cache"])
+@pytest.mark.parametrize("cache_bytes", [project.MAX_CACHED_MEMORY_BYTES, 1], ids=["default_cache", "tiny_cache"])
 def test_results_independent_of_order(package, cache_bytes, monkeypatch, fresh_cache):
-    monkeypatch.setattr(project._PARSED, "max_source_bytes", cache_bytes)
+    monkeypatch.setattr(project._PARSED, "max_size", cache_bytes)
     paths = sorted(package.glob("*.py"))
     alone = check_each_alone(paths, monkeypatch)
 
@@ -204,7 +204,7 @@ def test_generated_package_has_findings(package, monkeypatch, fresh_cache):
 
 def test_same_module_found_once_per_file(package, monkeypatch, fresh_cache):
     """The analysis keys its tables by node identity, so a module must not be parsed again within one file."""
-    monkeypatch.setattr(project._PARSED, "max_source_bytes", 1)
+    monkeypatch.setattr(project._PARSED, "max_size", 1)
     index, _ = project.ProjectIndex.for_file(str(package / "caller_head_major_0.py"))
     first = index.find("ordered.relay")
     for other in ("ordered.layers", "ordered.cycle_a", "ordered.cycle_b", "ordered.util_0"):
@@ -215,18 +215,18 @@ def test_same_module_found_once_per_file(package, monkeypatch, fresh_cache):
     assert len(index.loaded()) == 5
 
 
-def test_parse_cache_bounded_by_source_bytes():
-    cache = SourceSizeCache(max_source_bytes=100)
+def test_parse_cache_bounded_by_total_size():
+    cache = SizeBoundedCache(max_size=100)
     for index in range(5):
         cache.put((f"module_{index}.py", f"module_{index}", "digest"), None, 40)
 
-    assert cache._source_bytes <= 100
+    assert cache._total_size <= 100
     assert cache.get(("module_4.py", "module_4", "digest")) == (True, None)
     assert cache.get(("module_0.py", "module_0", "digest")) == (False, None)
 
 
 def test_parse_cache_keeps_one_oversized_module():
-    cache = SourceSizeCache(max_source_bytes=10)
+    cache = SizeBoundedCache(max_size=10)
     cache.put(("large.py", "large", "digest"), None, 50)
 
     assert cache.get(("large.py", "large", "digest")) == (True, None)
@@ -236,11 +236,11 @@ def test_parse_cache_bound_shared_between_workers(monkeypatch):
     """Two workers each keep half of the bound, so the two caches together keep what one process would."""
     monkeypatch.setattr(source_cache, "_SHARERS", 1)
     source_cache.share_between(2)
-    cache = SourceSizeCache(max_source_bytes=100)
+    cache = SizeBoundedCache(max_size=100)
     for index in range(5):
         cache.put((f"module_{index}.py", f"module_{index}", "digest"), None, 20)
 
-    assert cache._source_bytes <= 50
+    assert cache._total_size <= 50
     assert cache.get(("module_4.py", "module_4", "digest")) == (True, None)
     assert cache.get(("module_1.py", "module_1", "digest")) == (False, None)
 
@@ -264,3 +264,32 @@ def test_worker_start_shares_cache_bounds(monkeypatch):
 
     assert source_cache.sharers() == 3
     assert shared_lock is lock
+
+
+def test_parse_cache_resize_drops_past_the_bound():
+    cache = SizeBoundedCache(max_size=100)
+    for index in range(3):
+        cache.put((f"module_{index}.py", f"module_{index}", "digest"), None, 20)
+    cache.resize(("module_2.py", "module_2", "digest"), 70)
+
+    assert cache._total_size == 90
+    assert cache.get(("module_0.py", "module_0", "digest")) == (False, None)
+    assert cache.get(("module_1.py", "module_1", "digest")) == (True, None)
+    cache.resize(("absent.py", "absent", "digest"), 500)
+    assert cache._total_size == 90
+
+
+def test_index_settle_weighs_parsed_parts(tmp_path, monkeypatch):
+    monkeypatch.setattr(project, "_PARSED", SizeBoundedCache(project.MAX_CACHED_MEMORY_BYTES))
+    package = tmp_path / "weighed"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text("import torch\n\n\ndef expand(mask):\n    return mask.repeat(2, 1, 1)\n")
+    index = project.ProjectIndex([tmp_path])
+    context = index.find("weighed.layers")
+    unparsed = project._PARSED._total_size
+    assert unparsed == context.weight() > 0
+
+    assert context.functions["expand"].name.value == "expand"
+    index.settle()
+    assert project._PARSED._total_size == context.weight() > unparsed

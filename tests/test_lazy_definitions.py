@@ -8,7 +8,10 @@ from pathlib import Path
 import libcst as cst
 import pytest
 
+from maskcheck.analysis import project
 from maskcheck.analysis.project import ModuleContext
+from maskcheck.engine import check_source
+from maskcheck.settings import Settings
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -179,3 +182,96 @@ def test_build_lazy_matches_full_build_on_awkward_lines(name):
     statement = lazy.functions["per_head"].body.body[0]
     expected_line = text.splitlines().index("    return mask.repeat(heads, 1, 1)") + 1
     assert lazy.locate(statement)[0].start.line == expected_line
+
+
+def _count_parses(monkeypatch) -> list:
+    parsed: list = []
+    original = project.parse_module
+
+    def counting(text: str) -> cst.Module:
+        parsed.append(text)
+        return original(text)
+
+    monkeypatch.setattr(project, "parse_module", counting)
+    return parsed
+
+
+def test_build_lazy_parses_nothing_until_read(monkeypatch):
+    parsed = _count_parses(monkeypatch)
+    context = _lazy(MODULE)
+    assert parsed == []
+    assert context.imports.resolve(cst.Name("LayerBlock")) == "pkg.layers.Block"
+    assert sorted(context.functions) == ["first", "with_import"]
+    assert parsed == []
+    # `with_import` holds an import, so it stays in the module's text: reading it parses the module once.
+    assert context.functions["with_import"].name.value == "with_import"
+    assert len(parsed) == 1
+    assert context.module.body[4] is context.functions["with_import"]
+    assert len(parsed) == 1
+
+
+@pytest.mark.parametrize("kept_last", [False, True])
+def test_build_lazy_keeps_last_definition_of_kept_and_deferred_name(kept_last):
+    kept = "def twice(mask):\n    import torch\n    return 'kept'\n"
+    deferred = "def twice(mask):\n    return 'deferred'\n"
+    text = deferred + "\n\n" + kept if kept_last else kept + "\n\n" + deferred
+    lazy, full = _lazy(text), _full(text)
+    assert _code(lazy.functions["twice"]) == _code(full.functions["twice"])
+    assert ("kept" in _code(lazy.functions["twice"])) is kept_last
+
+
+def test_build_lazy_falls_back_when_module_text_does_not_parse(monkeypatch):
+    context = _lazy(MODULE)
+    text, starts = context._skeleton
+    # As if `_stands_alone` had misjudged a definition: the text left for the module no longer parses.
+    context._skeleton = (text.replace("HEADS = 8", "HEADS = (", 1), starts)
+    assert context.functions["with_import"].name.value == "with_import"
+    assert context.module is context.full_tree
+    assert context.module.code == MODULE
+    assert context.locate(context.functions["with_import"].name)[1] == "with_import"
+    assert isinstance(context.classes["Attention"], cst.ClassDef)
+
+
+CALLER = """import torch.nn as nn
+from .helpers import Helper, expand
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.kinds = (Helper, expand)
+
+    def forward(self, x, mask):
+        return self.attn(x, x, x, attn_mask=MASK_EXPRESSION)[0]
+"""
+
+HELPERS = """import torch
+
+
+class Helper:
+    def __init__(self, value):
+        self.value = value
+
+
+def expand(mask, heads):
+    return mask.repeat(heads, 1, 1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mask_expression", "parses_helpers"), [("mask.repeat(2, 1, 1)", False), ("expand(mask, 2)", True)]
+)
+def test_named_import_is_parsed_only_when_called(tmp_path, monkeypatch, mask_expression, parses_helpers):
+    package = tmp_path / "lazyref"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text(HELPERS)
+    caller = package / "blocks.py"
+    caller.write_text(CALLER.replace("MASK_EXPRESSION", mask_expression))
+    parsed = _count_parses(monkeypatch)
+    findings = check_source(caller.read_text(), str(caller), Settings())
+    # The caller's own tree comes from the engine; a parse through the project index is one of `helpers.py`.
+    # Naming `Helper` and `expand` parses nothing; calling `expand` parses it.
+    assert bool(parsed) is parses_helpers
+    assert [finding.code for finding in findings] == ["MSK101"]

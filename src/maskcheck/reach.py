@@ -147,7 +147,7 @@ from maskcheck.analysis.consumer_specs import FUNCTIONAL_MHA, LAYER_SPECS, WRAPP
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.analysis import source_cache
 from maskcheck.parsing import collector_paused
-from maskcheck.analysis.source_cache import SourceSizeCache
+from maskcheck.analysis.source_cache import SizeBoundedCache
 
 if TYPE_CHECKING:
     from maskcheck.index_store import IndexStore
@@ -650,7 +650,7 @@ ModuleKey = Tuple[str, str, str]
 
 
 # Facts of imported modules, keyed by path, dotted name and content digest.
-_FACTS = SourceSizeCache(MAX_CACHED_SOURCE_BYTES)
+_FACTS = SizeBoundedCache(MAX_CACHED_SOURCE_BYTES)
 
 # The facts kept on disk between runs, consulted after a miss in `_FACTS`. The runner sets it while it checks a file
 # with the cache on. None reads and writes nothing.

@@ -24,7 +24,11 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
     interpreter = ModuleInterpreter(
         module, path, module_name, project, settings.max_call_depth, settings.extra_consumer_callables
     )
-    uses = interpreter.run()
+    try:
+        uses = interpreter.run()
+    finally:
+        if project is not None:
+            project.settle()
     issues: List[Issue] = []
     seen = set()
     for use in uses:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import tokenize
-from typing import Dict, FrozenSet, Iterable, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 import libcst as cst
 
@@ -164,6 +165,37 @@ class ImportTable:
         table._collect(module)
         return table
 
+    @classmethod
+    def from_ast(cls, tree: ast.Module, lines: Sequence[str], package: Optional[str] = None) -> "ImportTable":
+        """Build the table from the stdlib parser's tree of a module, with the same result as `from_module`.
+
+        `lines` are the module's physical lines. The imports are taken in the order `_walk_imports` gives
+        libcst's, which decides the target of a name imported more than once.
+        """
+        table = cls(package)
+        for node in _walk_ast_imports(tree, lines):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname is not None:
+                        table._aliases[alias.asname] = alias.name
+                    else:
+                        first = alias.name.split(".")[0]
+                        table._aliases[first] = first
+                continue
+            if any(alias.name == "*" for alias in node.names):
+                continue
+            module_name = node.module
+            if node.level:
+                base = table._relative_base(node.level)
+                if base is None:
+                    continue
+                module_name = f"{base}.{module_name}" if module_name else base
+            if module_name is None:
+                continue
+            for alias in node.names:
+                table._aliases[alias.asname or alias.name] = f"{module_name}.{alias.name}"
+        return table
+
     def _collect(self, module: cst.Module) -> None:
         # Imports inside functions and `if TYPE_CHECKING:` blocks count too: names rarely collide in model code.
         for node in _walk_imports(module):
@@ -261,3 +293,55 @@ def _suites_of(node: cst.CSTNode) -> Iterable[cst.BaseSuite]:
         yield handler.body
     for case in getattr(node, "cases", ()) or ():
         yield case.body
+
+
+_AstImport = Union[ast.Import, ast.ImportFrom]
+
+
+def _walk_ast_imports(tree: ast.Module, lines: Sequence[str]) -> Iterable[_AstImport]:
+    """Yield the import statements of a stdlib tree in the order `_walk_imports` yields them from libcst's tree.
+
+    That walk keeps a stack of statements: an indented block's statements are pushed, but the imports of a suite
+    on its header's line (`if x: import y`) are yielded at once.
+    """
+    stack: List[ast.stmt] = list(reversed(tree.body))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+            continue
+        for suite in _ast_suites_of(node):
+            if _on_header_line(suite[0], lines):
+                yield from (small for small in suite if isinstance(small, (ast.Import, ast.ImportFrom)))
+            else:
+                stack.extend(reversed(suite))
+
+
+def _ast_suites_of(node: ast.stmt) -> Iterable[List[ast.stmt]]:
+    """Yield the statement lists of a compound statement, in the order `_suites_of` gives libcst's suites.
+
+    libcst's `elif` parts are suites of the first `if`; here each is a nested `if` in `orelse`. The order of the
+    imports comes out the same: the nested `if` is pushed last, so it is taken next.
+    """
+    for part in ("body", "orelse", "finalbody"):
+        statements = getattr(node, part, None)
+        if isinstance(statements, list) and statements:
+            yield statements
+    for handler in getattr(node, "handlers", ()) or ():
+        yield handler.body
+    for case in getattr(node, "cases", ()) or ():
+        yield case.body
+
+
+def _line_prefix(node: ast.stmt, lines: Sequence[str]) -> str:
+    line = lines[node.lineno - 1] if 0 < node.lineno <= len(lines) else ""
+    # The stdlib parser counts columns in UTF-8 bytes.
+    return line.encode("utf-8")[: node.col_offset].decode("utf-8", "replace")
+
+
+def _on_header_line(first: ast.stmt, lines: Sequence[str]) -> bool:
+    """Return whether a suite's first statement follows its header's colon on the same logical line."""
+    if _line_prefix(first, lines).strip(" \t\f"):
+        return True
+    previous = lines[first.lineno - 2].rstrip("\r\n") if first.lineno >= 2 else ""
+    return previous.endswith("\\")

@@ -13,7 +13,6 @@ import hashlib
 import io
 import re
 import tokenize
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -22,7 +21,7 @@ from libcst.metadata import CodePosition, CodeRange, MetadataWrapper, PositionPr
 
 from maskcheck.analysis.names import ImportTable
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
-from maskcheck.analysis.source_cache import SourceSizeCache
+from maskcheck.analysis.source_cache import SizeBoundedCache
 from maskcheck.findings import SourceError, source_lines, text_in_range
 from maskcheck.parsing import check_syntax_and_depth, parse_module
 
@@ -33,26 +32,47 @@ MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
 Definition = Union[cst.FunctionDef, cst.ClassDef]
 
 
-@dataclass(eq=False)
 class ModuleContext:
     """One parsed module: its tree, imports, and top-level functions and classes by name.
 
-    A context from `build_lazy` leaves most top-level functions and classes out of `module` and parses each one
-    when it is first looked up in `functions` or `classes`.
+    A context from `build_lazy` parses `module` when it is first read, leaves most top-level functions and classes
+    out of it, and parses each of those when it is first looked up in `functions` or `classes`.
     """
 
-    module: cst.Module
-    name: Optional[str]
-    path: str
-    imports: ImportTable
-    functions: Mapping[str, cst.FunctionDef] = field(default_factory=dict)
-    classes: Mapping[str, cst.ClassDef] = field(default_factory=dict)
-    # The module's own text, where `module` leaves definitions out (`build_lazy`).
-    source: Optional[str] = None
-    # The trees of the definitions parsed on demand, each with the number of lines above it in `source`.
-    parsed_definitions: List[Tuple[int, cst.Module]] = field(default_factory=list)
-    # The tree of all of `source`, parsed only when a definition's own lines did not parse.
-    full_tree: Optional[cst.Module] = None
+    def __init__(
+        self, module: Optional[cst.Module], name: Optional[str], path: str, imports: ImportTable, source: Optional[str] = None
+    ) -> None:
+        self._module = module
+        self.name = name
+        self.path = path
+        self.imports = imports
+        self.functions: Mapping[str, cst.FunctionDef] = {}
+        self.classes: Mapping[str, cst.ClassDef] = {}
+        # The module's own text, where `module` leaves definitions out (`build_lazy`).
+        self.source = source
+        # The trees of the definitions parsed on demand, each with the number of lines above it in `source`.
+        self.parsed_definitions: List[Tuple[int, cst.Module]] = []
+        # The tree of all of `source`, parsed only when the lines of a definition or of `module` did not parse.
+        self.full_tree: Optional[cst.Module] = None
+        # For `build_lazy`: the text `module` is parsed from, and the first line of each of its statement lines.
+        self._skeleton: Optional[Tuple[str, List[int]]] = None
+        # Of `_skeleton`'s statements, the top-level definitions: their first line, kind and name.
+        self._kept_definitions: List[Tuple[int, type, str]] = []
+        # The characters of `_skeleton`'s text outside the blank lines of deferred definitions.
+        self._skeleton_characters = 0
+        # How many characters of source libcst has parsed for this context (`weight`).
+        self.parsed_characters = 0
+
+    def weight(self) -> int:
+        """Estimate the memory this context takes, in bytes, from how much of it libcst has parsed."""
+        return len(self.source or "") * UNPARSED_BYTES_PER_CHARACTER + self.parsed_characters * TREE_BYTES_PER_CHARACTER
+
+    @property
+    def module(self) -> cst.Module:
+        """The module's tree. From `build_lazy`, the top-level definitions it defers are blank lines in it."""
+        if self._module is None:
+            self._module = self._parse_skeleton()
+        return self._module
 
     @classmethod
     def build(cls, module: cst.Module, name: Optional[str], path: str) -> "ModuleContext":
@@ -70,17 +90,19 @@ class ModuleContext:
 
     @classmethod
     def build_lazy(cls, text: str, tree: ast.Module, name: Optional[str], path: str) -> "ModuleContext":
-        """Build the context of an imported module, parsing its top-level definitions only when looked up.
+        """Build the context of an imported module from the stdlib parser's tree `tree` of `text`.
 
-        The analysis reads an imported module's top-level statements other than definitions, its imports, and the
-        definitions it looks up by name, usually a few of them. So `module` is parsed from the text with every
-        top-level `def` and `class` that contains no import replaced by empty lines, which keeps every position.
-        `tree` is the stdlib parser's tree of `text`.
+        The analysis of another module mostly reads an imported module's imports, to follow a name it re-exports,
+        and the definitions it looks up by name, usually a few of them. It runs the module's other top-level
+        statements only when it calls into the module. So the imports come from `tree`, and nothing is parsed with
+        libcst here. `module` is parsed when first read, from the text with every top-level `def` and `class` that
+        contains no import replaced by empty lines, which keeps every position. Each of those definitions is
+        parsed from its own lines when first looked up.
         """
         lines = _LINE.findall(text)
         segments = _top_level_segments(tree, len(lines))
         skeleton_lines = list(lines)
-        deferred: List[Tuple[ast.stmt, int, str]] = []
+        deferred: Dict[int, Tuple[ast.stmt, str]] = {}
         for start, end, statements in segments:
             statement = statements[0]
             if len(statements) != 1 or not isinstance(statement, _DEFINITIONS):
@@ -91,38 +113,64 @@ class ModuleContext:
             if _IMPORT_WORD.search(segment) and any(isinstance(node, _IMPORTS) for node in ast.walk(statement)):
                 # Its imports count for the whole module (`ImportTable`), so it is parsed with the module.
                 continue
-            deferred.append((statement, start, segment))
+            deferred[start] = (statement, segment)
             skeleton_lines[start - 1 : end - 1] = ["\n"] * (end - start)
-        try:
-            module = parse_module("".join(skeleton_lines))
-        except SourceError:
-            module = None
-        if module is None or len(module.body) != len(segments) - len(deferred):
-            # A fallback for a text that `_stands_alone` misjudges; the whole module is parsed as before.
-            return cls.build(parse_module(text), name, path)
 
-        context = cls(module, name, path, ImportTable.from_module(module, package_of(name, path)), source=text)
+        imports = ImportTable.from_ast(tree, lines, package_of(name, path))
+        context = cls(None, name, path, imports, source=text)
+        context._skeleton = ("".join(skeleton_lines), [start for start, _, _ in segments if start not in deferred])
+        context._skeleton_characters = len(text) - sum(len(segment) for _, segment in deferred.values())
         functions = _LazyDefinitions(context, cst.FunctionDef)
         classes = _LazyDefinitions(context, cst.ClassDef)
-        eager = iter(module.body)
-        deferred_by_start = {start: (statement, segment) for statement, start, segment in deferred}
         for start, _, statements in segments:
-            if start in deferred_by_start:
-                statement, segment = deferred_by_start[start]
-                target = classes if isinstance(statement, ast.ClassDef) else functions
-                target.defer(statement.name, start, segment)
+            statement = statements[0]
+            if not isinstance(statement, _DEFINITIONS):
                 continue
-            node = next(eager)
-            if isinstance(node, cst.FunctionDef):
-                functions.add(node.name.value, node)
-            elif isinstance(node, cst.ClassDef):
-                classes.add(node.name.value, node)
+            kind = cst.ClassDef if isinstance(statement, ast.ClassDef) else cst.FunctionDef
+            target = classes if kind is cst.ClassDef else functions
+            if start in deferred:
+                target.defer(statement.name, start, deferred[start][1])
+            else:
+                target.keep(statement.name, start)
+                context._kept_definitions.append((start, kind, statement.name))
         context.functions, context.classes = functions, classes
         return context
 
+    def _parse_skeleton(self) -> cst.Module:
+        """Parse the text `build_lazy` left, and give the definitions kept in it their nodes."""
+        assert self._skeleton is not None and self.source is not None
+        text, starts = self._skeleton
+        try:
+            module: Optional[cst.Module] = parse_module(text)
+        except SourceError:
+            module = None
+        self.parsed_characters += self._skeleton_characters
+        kept = self._kept_definitions
+        nodes: Dict[int, cst.CSTNode] = {}
+        if module is not None and len(module.body) == len(starts):
+            nodes = dict(zip(starts, module.body))
+        if module is None or not all(_is_definition(nodes.get(start), kind, name) for start, kind, name in kept):
+            # A fallback for a text that `_stands_alone` misjudges: the whole module is parsed, and each kept name
+            # gets the last definition of its kind and name, the one a dictionary built from the module holds.
+            # NOTE: a text that the stdlib parser took but libcst does not raises SourceError here, during the
+            # analysis of the file that imports it, and that file's check ends with an error.
+            if self.full_tree is None:
+                self.full_tree = parse_module(self.source)
+                self.parsed_characters += len(self.source)
+            module = self.full_tree
+            last = {(type(node), node.name.value): node for node in module.body if isinstance(node, _CST_DEFINITIONS)}
+            nodes = {start: last[kind, name] for start, kind, name in kept if (kind, name) in last}
+        for start, kind, name in kept:
+            target = self.classes if kind is cst.ClassDef else self.functions
+            if isinstance(target, _LazyDefinitions) and start in nodes:
+                target.resolve_kept(name, start, nodes[start])
+        self._skeleton = None
+        return module
+
     def locate(self, node: cst.CSTNode) -> Optional[Tuple[CodeRange, str]]:
         """Return the range and exact text of a node of this module, or None when the node is not one of its own."""
-        for offset, tree in [(0, self.module), *self.parsed_definitions]:
+        trees = [(0, self._module)] if self._module is not None else []
+        for offset, tree in [*trees, *self.parsed_definitions]:
             where = MetadataWrapper(tree, unsafe_skip_copy=True).resolve(PositionProvider).get(node)
             if where is None:
                 continue
@@ -131,16 +179,21 @@ class ModuleContext:
                     CodePosition(where.start.line + offset, where.start.column),
                     CodePosition(where.end.line + offset, where.end.column),
                 )
-            lines = source_lines(self.source if self.source is not None else self.module.code)
+            lines = source_lines(self.source if self.source is not None else tree.code)
             text = text_in_range(lines, where.start.line, where.start.column, where.end.line, where.end.column)
             return where, text
         return None
+
+
+def _is_definition(node: Optional[cst.CSTNode], kind: type, name: str) -> bool:
+    return isinstance(node, kind) and node.name.value == name  # type: ignore[attr-defined]
 
 
 # Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _IMPORTS = (ast.Import, ast.ImportFrom)
+_CST_DEFINITIONS = (cst.FunctionDef, cst.ClassDef)
 # Every import statement starts its line or follows `;` or `:`, so a definition without a match has no import.
 _IMPORT_WORD = re.compile(r"(?:^|[;:\r\n])[ \t\f]*(?:import|from)\b")
 
@@ -181,14 +234,18 @@ def _top_level_segments(tree: ast.Module, line_count: int) -> List[Tuple[int, in
 
 
 class _LazyDefinitions(Mapping[str, Definition]):
-    """Top-level functions or classes of one module by name, each parsed from its own lines when first read."""
+    """Top-level functions or classes of one module by name, each parsed when first read.
+
+    A definition deferred by `build_lazy` is parsed from its own lines; one kept in the module's text gets its node
+    when the module is parsed. The last definition of a name in the module wins, as in a plain dictionary.
+    """
 
     def __init__(self, context: ModuleContext, kind: type) -> None:
         self._context = context
         self._kind = kind
         self._nodes: Dict[str, Definition] = {}
-        # Definitions not parsed yet: their first line and their text.
-        self._deferred: Dict[str, Tuple[int, str]] = {}
+        # Definitions not parsed yet: their first line, and their text, or None for one kept in the module's text.
+        self._deferred: Dict[str, Tuple[int, Optional[str]]] = {}
 
     def add(self, name: str, node: Definition) -> None:
         self._deferred.pop(name, None)
@@ -198,11 +255,24 @@ class _LazyDefinitions(Mapping[str, Definition]):
         self._nodes.pop(name, None)
         self._deferred[name] = (start, segment)
 
+    def keep(self, name: str, start: int) -> None:
+        self._nodes.pop(name, None)
+        self._deferred[name] = (start, None)
+
+    def resolve_kept(self, name: str, start: int, node: Definition) -> None:
+        """Give a kept definition its node, unless a later definition of the name replaced it."""
+        if self._deferred.get(name) == (start, None):
+            self.add(name, node)
+
     def __getitem__(self, name: str) -> Definition:
         node = self._nodes.get(name)
         if node is not None:
             return node
         start, segment = self._deferred[name]
+        if segment is None:
+            # Parsing the module gives the definitions kept in its text their nodes.
+            _ = self._context.module
+            return self._nodes[name]
         node = self._parse(name, start, segment)
         del self._deferred[name]
         self._nodes[name] = node
@@ -213,6 +283,7 @@ class _LazyDefinitions(Mapping[str, Definition]):
             tree: Optional[cst.Module] = parse_module(segment)
         except SourceError:
             tree = None
+        self._context.parsed_characters += len(segment)
         node = tree.body[0] if tree is not None and len(tree.body) == 1 else None
         if tree is not None and isinstance(node, self._kind) and node.name.value == name:
             self._context.parsed_definitions.append((start - 1, tree))
@@ -221,6 +292,7 @@ class _LazyDefinitions(Mapping[str, Definition]):
         full = self._context.full_tree
         if full is None:
             full = self._context.full_tree = parse_module(self._context.source or "")
+            self._context.parsed_characters += len(self._context.source or "")
             self._context.parsed_definitions.append((0, full))
         found = [statement for statement in full.body if isinstance(statement, self._kind)]
         return [statement for statement in found if statement.name.value == name][-1]
@@ -236,18 +308,25 @@ class _LazyDefinitions(Mapping[str, Definition]):
         return len(self._nodes) + len(self._deferred)
 
 
-# Source bytes of parsed imported modules kept between files, least recently used dropped first, shared by the
-# worker processes (`source_cache.share_between`). A libcst tree takes about 25 bytes of memory per source byte
-# (tracemalloc: 25 on a 44 KB transformers 5.25 model file, 23 on 12 diffusers 0.42 model files), so this keeps
-# about 100 MB of trees in all. NOTE: modules with long string tables take less per byte.
-MAX_CACHED_SOURCE_BYTES = 4 * 1024 * 1024
+# Estimated memory of the imported modules kept between files, least recently used dropped first, shared by the
+# worker processes (`source_cache.share_between`); `ModuleContext.weight` makes the estimate.
+MAX_CACHED_MEMORY_BYTES = 100 * 1024 * 1024
+
+# Bytes of memory per character of parsed source: a libcst tree takes about 25 (tracemalloc: 25 on a 44 KB
+# transformers 5.25 model file, 23 on 12 diffusers 0.42 model files, 24 on 60 diffusers 0.42 modules parsed in
+# parts). NOTE: modules with long string tables take less per character.
+TREE_BYTES_PER_CHARACTER = 25
+# Bytes per character of a module that `build_lazy` has not parsed with libcst: its text and the parts it keeps
+# (tracemalloc on 60 diffusers 0.42 modules: 1.6 besides the text, which takes 1 for ASCII).
+UNPARSED_BYTES_PER_CHARACTER = 3
 
 
-# Parsed imported modules shared by every file that one process checks. Reusing a tree changes only how long a
-# lookup takes, never what it returns: the key contains the content digest and the dotted name the module is built
-# with, and the analysis never changes a ModuleContext, except that the first lookup of a deferred definition
-# parses it (`build_lazy`).
-_PARSED = SourceSizeCache(MAX_CACHED_SOURCE_BYTES)
+# Imported modules shared by every file that one process checks. Reusing a context changes only how long a lookup
+# takes, never what it returns. The key contains the content digest and the dotted name the module is built with.
+# The analysis never changes a ModuleContext, except that the first read of `module` or of a deferred definition
+# parses it (`build_lazy`). A context's weight grows as its parts are parsed, so each file's index weighs its
+# contexts again when the file's analysis ends (`ProjectIndex.settle`).
+_PARSED = SizeBoundedCache(MAX_CACHED_MEMORY_BYTES)
 
 
 class ProjectIndex:
@@ -263,6 +342,8 @@ class ProjectIndex:
         self.roots = [root.resolve() for root in roots]
         # Every lookup of this file's analysis, by dotted name; the contexts stay alive until the file is done.
         self._found: Dict[str, Optional[ModuleContext]] = {}
+        # The cache key of every context in `_found`.
+        self._keys: List[Tuple[Tuple[str, str, str], ModuleContext]] = []
 
     @classmethod
     def for_file(cls, path: str) -> Tuple[Optional["ProjectIndex"], Optional[str]]:
@@ -289,6 +370,11 @@ class ProjectIndex:
         self._found[dotted] = context
         return context
 
+    def settle(self) -> None:
+        """Weigh the contexts this index used again in the cache, whose parts the analysis may have parsed."""
+        for key, context in self._keys:
+            _PARSED.resize(key, context.weight())
+
     def loaded(self) -> List[ModuleContext]:
         return [context for context in self._found.values() if context is not None]
 
@@ -300,6 +386,8 @@ class ProjectIndex:
         key = (str(path), dotted, hashlib.blake2b(data, digest_size=16).hexdigest())
         cached, context = _PARSED.get(key)
         if cached:
+            if context is not None:
+                self._keys.append((key, context))
             return context
         if len(data) <= MAX_IMPORTED_MODULE_BYTES and b"\x00" not in data:
             try:
@@ -307,10 +395,13 @@ class ProjectIndex:
                 tree = check_syntax_and_depth(text)
                 if tree is None:
                     context = ModuleContext.build(parse_module(text), dotted, str(path))
+                    context.parsed_characters = len(text)
                 else:
                     context = ModuleContext.build_lazy(text, tree, dotted, str(path))
             except (SourceError, SyntaxError, RecursionError, UnicodeDecodeError, LookupError, ValueError):
                 # An imported module that cannot be analysed is treated like a library: its calls are not followed.
                 context = None
-        _PARSED.put(key, context, len(data))
+        if context is not None:
+            self._keys.append((key, context))
+        _PARSED.put(key, context, context.weight() if context is not None else len(data))
         return context

@@ -1,7 +1,7 @@
-"""A least-recently-used cache bounded by the source size of the modules it keeps, without heavy imports.
+"""A least-recently-used cache bounded by the total size of what it keeps, without heavy imports.
 
-The parsed libcst trees of `project` and the `ast` facts of `reach` are both kept this way between the files of
-one process.
+The imported modules of `project` (sized by their estimated memory) and the `ast` facts of `reach` (sized by their
+source bytes) are both kept this way between the files of one process.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ def sharers() -> int:
     return _SHARERS
 
 
-class SourceSizeCache:
+class SizeBoundedCache:
     """Values derived from module sources, keyed by path, dotted name and content digest.
 
-    When the sources of the kept entries add up to more than `max_source_bytes` (divided between the processes of
+    When the sizes of the kept entries add up to more than `max_size` (divided between the processes of
     `share_between`), the least recently used entries are dropped. The newest entry is always kept, however large.
     """
 
-    def __init__(self, max_source_bytes: int) -> None:
-        self.max_source_bytes = max_source_bytes
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
         self._entries: "OrderedDict[Hashable, Tuple[Any, int]]" = OrderedDict()
-        self._source_bytes = 0
+        self._total_size = 0
 
     def get(self, key: Hashable) -> Tuple[bool, Any]:
         """Return (True, value) for a kept key, and (False, None) otherwise."""
@@ -47,13 +47,28 @@ class SourceSizeCache:
         return True, entry[0]
 
     def put(self, key: Hashable, value: Any, size: int) -> None:
-        """Keep `value`, derived from `size` bytes of source, and drop old entries past the bound."""
+        """Keep `value` with its size, and drop old entries past the bound."""
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self._total_size -= previous[1]
         self._entries[key] = (value, size)
-        self._source_bytes += size
-        while self._source_bytes > self.max_source_bytes // _SHARERS and len(self._entries) > 1:
+        self._total_size += size
+        self._shrink()
+
+    def _shrink(self) -> None:
+        while self._total_size > self.max_size // _SHARERS and len(self._entries) > 1:
             _, (_, dropped) = self._entries.popitem(last=False)
-            self._source_bytes -= dropped
+            self._total_size -= dropped
+
+    def resize(self, key: Hashable, size: int) -> None:
+        """Give a kept entry a new size, and drop the least recently used entries past the bound."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        self._entries[key] = (entry[0], size)
+        self._total_size += size - entry[1]
+        self._shrink()
 
     def clear(self) -> None:
         self._entries.clear()
-        self._source_bytes = 0
+        self._total_size = 0
