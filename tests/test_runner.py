@@ -6,13 +6,17 @@ import logging
 import multiprocessing
 import os
 import random
+import struct
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Tuple
 
 import pytest
 
 from conftest import BUGGY_BLOCK, BUGGY_LINE, FIXED_BLOCK, parse_findings
-from maskcheck import cli
+from maskcheck import cli, runner
 from maskcheck.files import SourceFile, discover
 from maskcheck.runner import check_paths, default_jobs, parse_jobs
 from maskcheck.settings import Settings
@@ -167,6 +171,39 @@ def test_early_close_stops_workers(fixture_sources):
     assert first[0] == fixture_sources[0]
     for child in multiprocessing.active_children():
         child.join(timeout=10)
+    assert multiprocessing.active_children() == []
+
+
+# The pool whose worker sends part of a result; a forked worker finds it here.
+_POOL_WITH_PART_SENT = None
+
+
+def _send_part_of_a_result(_: int) -> None:
+    writer = _POOL_WITH_PART_SENT._result_queue._writer
+    # The header of a 1,000-byte message, and 10 of its bytes.
+    os.write(writer.fileno(), struct.pack("!i", 1000) + b"x" * 10)
+    time.sleep(600)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="the worker must be forked")
+def test_stop_executor_after_partial_result():
+    global _POOL_WITH_PART_SENT
+    executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+    _POOL_WITH_PART_SENT = executor
+    writer = executor._result_queue._writer
+    try:
+        executor.submit(_send_part_of_a_result, 0)
+        # Let the pool's thread start reading the message.
+        time.sleep(1.0)
+        stopping = threading.Thread(target=runner._stop_executor, args=(executor, False), daemon=True)
+        stopping.start()
+        stopping.join(timeout=30)
+        stopped = not stopping.is_alive()
+    finally:
+        # Unblock the pool's thread if the stop did not, so that this process can still exit.
+        writer.close()
+        _POOL_WITH_PART_SENT = None
+    assert stopped
     assert multiprocessing.active_children() == []
 
 

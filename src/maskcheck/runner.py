@@ -503,11 +503,30 @@ def _stop_executor(executor: ProcessPoolExecutor, wait_for_workers: bool) -> Non
     if terminate is not None:
         terminate()
         return
-    # NOTE: `_processes` is private to concurrent.futures; it has held the worker processes since Python 3.2.
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
+    # NOTE: `_processes` and `_result_queue`, the worker processes and the queue of their results, are private to
+    # concurrent.futures (read in CPython 3.11's source); where one is missing, its step is skipped.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
         if process.is_alive():
             process.terminate()
+    for process in processes:
+        process.join(timeout=_WORKER_STOP_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=_WORKER_STOP_SECONDS)
+    # A worker ended in the middle of sending a result leaves part of a message in the pipe, and the pool's thread
+    # then waits for the rest for ever, so `shutdown` never returned (seen once in the test suite). With every
+    # worker gone, closing this process's end for writing ends that wait: the thread reads the end of the pipe,
+    # takes the pool as broken, and stops.
+    if all(not process.is_alive() for process in processes):
+        writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            writer.close()
     executor.shutdown(wait=True, cancel_futures=True)
+
+
+# How long `_stop_executor` waits for an ended worker process to exit, before it kills it, and again after.
+_WORKER_STOP_SECONDS = 5.0
 
 
 def _exit_code(processes: list) -> str:
