@@ -12,6 +12,7 @@ import pytest
 from conftest import BUGGY_BLOCK, BUGGY_LINE, CUSTOM_HEAD_COUNT_BLOCK, FIXED_BLOCK
 from maskcheck import cache as cache_module
 from maskcheck import cli, runner
+from maskcheck.analysis.module_paths import module_name_for
 from maskcheck.analysis.project import ProjectIndex
 from maskcheck.cache import CACHE_DIR_NAME, ResultCache, default_cache_dir, find_project_root, resolve_module
 from maskcheck.files import SourceFile, discover
@@ -445,3 +446,44 @@ def test_stdin_never_cached(tmp_path, cache_dir, monkeypatch):
 
     assert [finding.line for finding in results[0][1].findings] == [BUGGY_LINE]
     assert entry_files(cache_dir) == []
+
+
+def test_project_root_without_marker_is_above_top_package(tmp_path):
+    if any(
+        (folder / marker).exists() for folder in (tmp_path, *tmp_path.parents) for marker in cache_module.PROJECT_MARKERS
+    ):
+        pytest.skip("a folder above the temporary folder holds a project marker")
+    package = tmp_path / "vendor" / "pkg"
+    (package / "models" / "deep").mkdir(parents=True)
+    for folder in (package, package / "models", package / "models" / "deep"):
+        (folder / "__init__.py").write_text("")
+    (package / "models" / "deep" / "layer.py").write_text("")
+    (tmp_path / "vendor" / "script.py").write_text("")
+
+    assert find_project_root(str(package / "models" / "deep" / "layer.py")) == tmp_path / "vendor"
+    assert find_project_root(str(package / "models")) == tmp_path / "vendor"
+    assert find_project_root(str(tmp_path / "vendor" / "script.py")) == tmp_path / "vendor"
+    assert default_cache_dir([str(package / "models" / "deep")]) == tmp_path / "vendor" / CACHE_DIR_NAME
+
+
+def test_folder_memos_give_same_roots_and_names(tmp_path):
+    marked_project = tmp_path / "marked"
+    (marked_project / "src" / "pkg" / "sub").mkdir(parents=True)
+    (marked_project / "pyproject.toml").write_text("")
+    loose = tmp_path / "loose" / "lib" / "inner"
+    loose.mkdir(parents=True)
+    for folder in (marked_project / "src" / "pkg", marked_project / "src" / "pkg" / "sub", loose.parent, loose):
+        (folder / "__init__.py").write_text("")
+    files = []
+    for folder in (marked_project / "src" / "pkg" / "sub", marked_project / "src", loose, loose.parent, tmp_path):
+        (folder / "mod.py").write_text("")
+        files += [str(folder / "mod.py"), str(folder / "__init__.py")]
+    packages: dict = {}
+    marked: dict = {}
+
+    for _ in range(2):
+        for path in files:
+            assert module_name_for(path, packages) == module_name_for(path)
+            assert find_project_root(path, marked) == find_project_root(path)
+    assert module_name_for(str(loose / "mod.py"), packages) == ("lib.inner.mod", tmp_path / "loose")
+    assert packages and marked

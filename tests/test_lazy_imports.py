@@ -80,12 +80,18 @@ def run_cli_imports(args, cwd: Path, modules) -> dict:
     return run_child(body, cwd)
 
 
-def run_flake8_child(args, cwd: Path) -> dict:
-    """Run flake8 with one job in a fresh interpreter, so the plugin runs in the process whose modules are read."""
+def run_flake8_child(args, cwd: Path, modules=()) -> dict:
+    """Run flake8 with one job in a fresh interpreter, so the plugin runs in the process whose modules are read.
+
+    The result also names which of `modules` loaded.
+    """
     report = cwd / "flake8-report.txt"
+    # flake8 appends to an existing output file.
+    report.unlink(missing_ok=True)
     body = (
         "from flake8.main.cli import main\n"
         f"result['status'] = main(['--isolated', '--jobs', '1', '--output-file', {str(report)!r}, *{list(args)!r}])\n"
+        f"result['imported'] = [name for name in {list(modules)!r} if name in sys.modules]\n"
     )
     result = run_child(body, cwd)
     result["output"] = report.read_text()
@@ -269,6 +275,22 @@ def test_flake8_on_buggy_file_reports(tmp_path):
     assert [line.split(":")[:2] for line in result["output"].splitlines()] == [["buggy.py", str(BUGGY_LINE)]]
     assert " MSK101 " in result["output"]
     assert result["libcst"] is True
+
+
+# Modules that a flake8 run over unchanged files has no use for: the command line, the runner, the pre-filter and
+# its module index, and libcst.
+UNUSED_BY_WARM_PLUGIN = ("maskcheck.cli", "maskcheck.runner", "maskcheck.reach", "maskcheck.index_store", "libcst")
+
+
+def test_warm_flake8_run_imports_only_the_cache(project):
+    cold = run_flake8_child(["--select", "MSK", "pkg"], project, UNUSED_BY_WARM_PLUGIN)
+    warm = run_flake8_child(["--select", "MSK", "pkg"], project, UNUSED_BY_WARM_PLUGIN)
+
+    assert set(cold["imported"]) == {"maskcheck.runner", "maskcheck.reach", "maskcheck.index_store", "libcst"}
+    assert warm["imported"] == []
+    assert warm["status"] == cold["status"] == 1
+    assert warm["output"] == cold["output"]
+    assert [line.split(":")[1] for line in warm["output"].splitlines() if "block.py" in line] == [str(BUGGY_LINE)]
 
 
 def test_known_codes_match_registry():

@@ -22,8 +22,10 @@ from maskcheck.config import (
     ConfigError,
     FileConfig,
     find_pyproject,
-    is_name,
     load_config,
+    parse_call_depth,
+    parse_consumer_callables,
+    parse_head_count_names,
     shown_path,
     unknown_code_problem,
 )
@@ -170,39 +172,6 @@ def _rule_code(tree: ast.Module) -> Optional[str]:
             if named_code and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
                 code = statement.value.value
     return code if has_check else None
-
-
-def parse_head_count_names(values: Sequence[str]) -> FrozenSet[str]:
-    """Parse comma-separated identifiers; raise ValueError naming the first one that is not an identifier."""
-    return _parse_names(values, dotted=False)
-
-
-def parse_consumer_callables(values: Sequence[str]) -> FrozenSet[str]:
-    """Parse comma-separated dotted names; raise ValueError naming the first one that is not a dotted name."""
-    return _parse_names(values, dotted=True)
-
-
-def parse_call_depth(values: Sequence[str]) -> int:
-    """Parse one call depth, a whole number 0 or more; raise ValueError naming the value otherwise."""
-    text = ",".join(values).strip()
-    # ASCII digits only: int() also reads "1_000", "+3" and digits of other scripts.
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"invalid call depth {text!r}: give a whole number, 0 or more")
-    return int(text)
-
-
-def _parse_names(values: Sequence[str], dotted: bool) -> FrozenSet[str]:
-    names = set()
-    for value in values:
-        for name in value.split(","):
-            name = name.strip()
-            if not name:
-                continue
-            if not is_name(name, dotted):
-                kind = "a dotted name such as mylib.attention.fused_attention" if dotted else "a Python identifier"
-                raise ValueError(f"{name!r} is not {kind}; give names separated by commas")
-            names.add(name)
-    return frozenset(names)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ import argparse
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from maskcheck import __version__
-from maskcheck.cli import parse_call_depth, parse_consumer_callables, parse_head_count_names, single_line
+from maskcheck.config import parse_call_depth, parse_consumer_callables, parse_head_count_names
 from maskcheck.engine import check_source
 from maskcheck.findings import SourceError
 from maskcheck.flake8_cache import PluginCaches, PluginResult
 from maskcheck.noqa import file_is_skipped
+from maskcheck.report import single_line
 from maskcheck.settings import DEFAULT_MAX_CALL_DEPTH, Settings
 
 # Reported once, at line 1, when flake8 could parse the file but the engine raised SourceError, for example for
