@@ -503,9 +503,15 @@ def _stop_executor(executor: ProcessPoolExecutor, wait_for_workers: bool) -> Non
     if terminate is not None:
         terminate()
         return
-    # NOTE: `_processes` and `_result_queue`, the worker processes and the queue of their results, are private to
-    # concurrent.futures (read in CPython 3.11's source); where one is missing, its step is skipped.
+    # NOTE: `_processes`, `_executor_manager_thread` and `_result_queue` are private to concurrent.futures (read in
+    # CPython 3.11's source); where one is missing, its step is skipped. `shutdown` drops them, so read them first.
     processes = list((getattr(executor, "_processes", None) or {}).values())
+    thread = getattr(executor, "_executor_manager_thread", None)
+    writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
+    # The pool's thread learns of the shutdown before any worker ends, so it drops the futures that were cancelled
+    # (`map` cancels them when its caller stops) first. Had it seen a worker end first, it would mark them as
+    # failed, and CPython 3.11 prints a traceback of InvalidStateError for a cancelled future.
+    executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
@@ -518,11 +524,10 @@ def _stop_executor(executor: ProcessPoolExecutor, wait_for_workers: bool) -> Non
     # then waits for the rest for ever, so `shutdown` never returned (seen once in the test suite). With every
     # worker gone, closing this process's end for writing ends that wait: the thread reads the end of the pipe,
     # takes the pool as broken, and stops.
-    if all(not process.is_alive() for process in processes):
-        writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
-        if writer is not None:
-            writer.close()
-    executor.shutdown(wait=True, cancel_futures=True)
+    if writer is not None and all(not process.is_alive() for process in processes):
+        writer.close()
+    if thread is not None:
+        thread.join()
 
 
 # How long `_stop_executor` waits for an ended worker process to exit, before it kills it, and again after.
