@@ -10,6 +10,7 @@ import pytest
 
 from maskcheck.analysis import names
 from maskcheck.analysis.names import ImportTable
+from maskcheck.analysis.project import _LINE
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "maskcheck"
@@ -33,6 +34,10 @@ ORDERS = {
     "match": "match x:\n    case 1:\n        import a as m\n    case 2: import b as m\n",
     "semicolons": "import a as m; import b as m\nif c: import d as m; import e as m\n",
     "backslash_suite": "if c: \\\n    import a as m\nelse:\n    import b as m\n",
+    "comment_ends_in_backslash": "if c:  # see C:\\build\\\n    import a as m\nelse: import b as m\n",
+    "comment_line_ends_in_backslash": "try:\n    # C:\\temp\\\n    import a as m\nexcept E: import b as m\n",
+    "class_comment_backslash": "class A:  # \\\n    import a as m\n    if y: import b as m\n",
+    "comment_backslash_cr": "if c:  # see C:\\build\\\r    import a as m\relse: import b as m\r",
     "non_ascii_prefix": "if 'é': import a as m\nelse:\n    import b as m\n",
     "relative_and_star": "from . import m\nfrom .. import n as m2\nfrom .pkg.mod import *\nfrom ...far import m3\n",
     "dotted": "import a.b.c\nimport d.e as m\nfrom f.g import h as m4, i\n",
@@ -40,7 +45,7 @@ ORDERS = {
 
 
 def _tables(text: str, package: str = "pkg.sub"):
-    lines = text.splitlines(keepends=True)
+    lines = _LINE.findall(text)
     return (
         ImportTable.from_module(cst.parse_module(text), package)._aliases,
         ImportTable.from_ast(ast.parse(text), lines, package)._aliases,
@@ -55,7 +60,7 @@ def _walk_orders(text: str):
     ]
     from_stdlib = [
         tuple(alias.name for alias in node.names)
-        for node in names._walk_ast_imports(ast.parse(text), text.splitlines(keepends=True))
+        for node in names._walk_ast_imports(ast.parse(text), _LINE.findall(text))
     ]
     return from_libcst, from_stdlib
 

@@ -304,6 +304,7 @@ def _walk_ast_imports(tree: ast.Module, lines: Sequence[str]) -> Iterable[_AstIm
     That walk keeps a stack of statements: an indented block's statements are pushed, but the imports of a suite
     on its header's line (`if x: import y`) are yielded at once.
     """
+    comments = _CommentLines(lines)
     stack: List[ast.stmt] = list(reversed(tree.body))
     while stack:
         node = stack.pop()
@@ -311,7 +312,7 @@ def _walk_ast_imports(tree: ast.Module, lines: Sequence[str]) -> Iterable[_AstIm
             yield node
             continue
         for suite in _ast_suites_of(node):
-            if _on_header_line(suite[0], lines):
+            if _on_header_line(suite[0], lines, comments):
                 yield from (small for small in suite if isinstance(small, (ast.Import, ast.ImportFrom)))
             else:
                 stack.extend(reversed(suite))
@@ -339,9 +340,32 @@ def _line_prefix(node: ast.stmt, lines: Sequence[str]) -> str:
     return line.encode("utf-8")[: node.col_offset].decode("utf-8", "replace")
 
 
-def _on_header_line(first: ast.stmt, lines: Sequence[str]) -> bool:
+def _on_header_line(first: ast.stmt, lines: Sequence[str], comments: "_CommentLines") -> bool:
     """Return whether a suite's first statement follows its header's colon on the same logical line."""
     if _line_prefix(first, lines).strip(" \t\f"):
         return True
+    # The header's line may go on to this one after a backslash, unless the backslash ends a comment.
     previous = lines[first.lineno - 2].rstrip("\r\n") if first.lineno >= 2 else ""
-    return previous.endswith("\\")
+    return previous.endswith("\\") and not comments.has_comment(first.lineno - 1)
+
+
+class _CommentLines:
+    """The numbers of a module's lines that hold a comment, found by the tokenizer on first need (rarely needed)."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self._lines = lines
+        self._numbers: Optional[FrozenSet[int]] = None
+
+    def has_comment(self, number: int) -> bool:
+        if self._numbers is None:
+            numbers = set()
+            # One line per physical line, each ending in `\n`: the tokenizer does not take a lone `\r` as a break.
+            unified = iter([line.rstrip("\r\n") + "\n" for line in self._lines])
+            try:
+                for token in tokenize.generate_tokens(lambda: next(unified, "")):
+                    if token.type == tokenize.COMMENT:
+                        numbers.add(token.start[0])
+            except (tokenize.TokenError, SyntaxError):
+                pass
+            self._numbers = frozenset(numbers)
+        return number in self._numbers
