@@ -275,3 +275,33 @@ def test_named_import_is_parsed_only_when_called(tmp_path, monkeypatch, mask_exp
     # Naming `Helper` and `expand` parses nothing; calling `expand` parses it.
     assert bool(parsed) is parses_helpers
     assert [finding.code for finding in findings] == ["MSK101"]
+
+
+# The stdlib parser takes a line with only a backslash before an indented statement; libcst 1.9 does not.
+REJECTED_BY_LIBCST = """import sys
+
+if sys.platform:
+    \\
+    FLAG = True
+
+
+def expand(mask, heads):
+    return mask.repeat(heads, 1, 1)
+"""
+
+
+def test_import_that_libcst_rejects_is_treated_as_library(tmp_path):
+    package = tmp_path / "rejected"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text(REJECTED_BY_LIBCST)
+    caller = package / "blocks.py"
+    caller.write_text(CALLER.replace("MASK_EXPRESSION", "expand(mask, 2)"))
+    ast.parse(REJECTED_BY_LIBCST)
+    with pytest.raises(cst.ParserSyntaxError):
+        cst.parse_module(REJECTED_BY_LIBCST)
+
+    # Not an error of blocks.py: `expand` is not followed, as for a module that fails to load.
+    assert check_source(caller.read_text(), str(caller), Settings()) == []
+    index = project.ProjectIndex([tmp_path])
+    assert index.find("rejected.helpers") is None

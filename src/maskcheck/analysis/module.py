@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -11,24 +12,35 @@ from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 from maskcheck.analysis.consumers import CONFIGURED_CONSUMER, UNKNOWN_CONSUMER
 from maskcheck.analysis.interpreter import MaskUse, ModuleInterpreter
 from maskcheck.analysis.names import source_text
-from maskcheck.analysis.project import ProjectIndex
+from maskcheck.analysis.project import ProjectIndex, UnparsableImport
 from maskcheck.chain import ChainStep, ReplayChain
 from maskcheck.findings import Finding, source_lines, text_in_range
 from maskcheck.settings import Settings
+
+LOG = logging.getLogger("maskcheck")
 
 
 def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Finding]:
     from maskcheck.rules import RULES, Issue  # the rules import the analysis, so import them late
 
     project, module_name = ProjectIndex.for_file(path) if settings.follow_imports else (None, None)
-    interpreter = ModuleInterpreter(
-        module, path, module_name, project, settings.max_call_depth, settings.extra_consumer_callables
-    )
-    try:
-        uses = interpreter.run()
-    finally:
-        if project is not None:
-            project.settle()
+    while True:
+        interpreter = ModuleInterpreter(
+            module, path, module_name, project, settings.max_call_depth, settings.extra_consumer_callables
+        )
+        try:
+            uses = interpreter.run()
+            break
+        except UnparsableImport as error:
+            # Imported modules are parsed with libcst when the analysis first reads them. One that libcst rejects
+            # is treated like a library, as it was when its whole text was parsed on loading, and the analysis
+            # starts again without it. Each round drops one module, so the rounds end.
+            assert project is not None
+            LOG.info("%s: imported module not followed, libcst cannot parse it: %s", path, error)
+            project.treat_as_library(error.context)
+        finally:
+            if project is not None:
+                project.settle()
     issues: List[Issue] = []
     seen = set()
     for use in uses:

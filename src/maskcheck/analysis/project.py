@@ -32,6 +32,14 @@ MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
 Definition = Union[cst.FunctionDef, cst.ClassDef]
 
 
+class UnparsableImport(Exception):
+    """libcst rejected a part of an imported module that the stdlib parser had taken, when it was first read."""
+
+    def __init__(self, context: "ModuleContext", error: SourceError) -> None:
+        super().__init__(f"{context.path}: {error}")
+        self.context = context
+
+
 class ModuleContext:
     """One parsed module: its tree, imports, and top-level functions and classes by name.
 
@@ -152,10 +160,8 @@ class ModuleContext:
         if module is None or not all(_is_definition(nodes.get(start), kind, name) for start, kind, name in kept):
             # A fallback for a text that `_stands_alone` misjudges: the whole module is parsed, and each kept name
             # gets the last definition of its kind and name, the one a dictionary built from the module holds.
-            # NOTE: a text that the stdlib parser took but libcst does not raises SourceError here, during the
-            # analysis of the file that imports it, and that file's check ends with an error.
             if self.full_tree is None:
-                self.full_tree = parse_module(self.source)
+                self.full_tree = _parse_imported(self, self.source)
                 self.parsed_characters += len(self.source)
             module = self.full_tree
             last = {(type(node), node.name.value): node for node in module.body if isinstance(node, _CST_DEFINITIONS)}
@@ -183,6 +189,13 @@ class ModuleContext:
             text = text_in_range(lines, where.start.line, where.start.column, where.end.line, where.end.column)
             return where, text
         return None
+
+
+def _parse_imported(context: ModuleContext, text: str) -> cst.Module:
+    try:
+        return parse_module(text)
+    except SourceError as error:
+        raise UnparsableImport(context, error) from None
 
 
 def _is_definition(node: Optional[cst.CSTNode], kind: type, name: str) -> bool:
@@ -291,7 +304,7 @@ class _LazyDefinitions(Mapping[str, Definition]):
         # A fallback like the one in `build_lazy`: the whole module is parsed once more, and its definition is used.
         full = self._context.full_tree
         if full is None:
-            full = self._context.full_tree = parse_module(self._context.source or "")
+            full = self._context.full_tree = _parse_imported(self._context, self._context.source or "")
             self._context.parsed_characters += len(self._context.source or "")
             self._context.parsed_definitions.append((0, full))
         found = [statement for statement in full.body if isinstance(statement, self._kind)]
@@ -369,6 +382,16 @@ class ProjectIndex:
             break
         self._found[dotted] = context
         return context
+
+    def treat_as_library(self, context: ModuleContext) -> None:
+        """Look up a module whose text libcst rejected as not part of the project, like one that fails to load."""
+        for dotted, found in list(self._found.items()):
+            if found is context:
+                self._found[dotted] = None
+        for key, found in list(self._keys):
+            if found is context:
+                self._keys.remove((key, found))
+                _PARSED.put(key, None, len(context.source or ""))
 
     def settle(self) -> None:
         """Weigh the contexts this index used again in the cache, whose parts the analysis may have parsed."""
