@@ -176,24 +176,9 @@ class ImportTable:
         for node in _walk_ast_imports(tree, lines):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    if alias.asname is not None:
-                        table._aliases[alias.asname] = alias.name
-                    else:
-                        first = alias.name.split(".")[0]
-                        table._aliases[first] = first
-                continue
-            if any(alias.name == "*" for alias in node.names):
-                continue
-            module_name = node.module
-            if node.level:
-                base = table._relative_base(node.level)
-                if base is None:
-                    continue
-                module_name = f"{base}.{module_name}" if module_name else base
-            if module_name is None:
-                continue
-            for alias in node.names:
-                table._aliases[alias.asname or alias.name] = f"{module_name}.{alias.name}"
+                    table._bind_import(alias.name, alias.asname)
+            elif all(alias.name != "*" for alias in node.names):
+                table._bind_import_from(node.module, node.level, [(alias.name, alias.asname) for alias in node.names])
         return table
 
     def _collect(self, module: cst.Module) -> None:
@@ -207,34 +192,35 @@ class ImportTable:
     def _add_import(self, node: cst.Import) -> None:
         for alias in node.names:
             full = dotted_name(alias.name)
-            if full is None:
-                continue
-            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
-                self._aliases[alias.asname.name.value] = full
-            else:
-                # `import torch.nn` binds `torch`; attribute access then spells the rest out.
-                first = full.split(".")[0]
-                self._aliases[first] = first
+            if full is not None:
+                self._bind_import(full, _alias_name(alias))
 
     def _add_import_from(self, node: cst.ImportFrom) -> None:
         if isinstance(node.names, cst.ImportStar):
             return
         module_name = dotted_name(node.module) if node.module is not None else None
-        if node.relative:
-            base = self._relative_base(len(node.relative))
+        names = [(dotted_name(alias.name), _alias_name(alias)) for alias in node.names]
+        self._bind_import_from(module_name, len(node.relative), [(name, local) for name, local in names if name])
+
+    def _bind_import(self, full: str, local: Optional[str]) -> None:
+        if local is not None:
+            self._aliases[local] = full
+        else:
+            # `import torch.nn` binds `torch`; attribute access then spells the rest out.
+            first = full.split(".")[0]
+            self._aliases[first] = first
+
+    def _bind_import_from(self, module_name: Optional[str], dots: int, names: List[Tuple[str, Optional[str]]]) -> None:
+        """Bind each `(name, local name or None)` imported from `module_name`, `dots` levels up for a relative import."""
+        if dots:
+            base = self._relative_base(dots)
             if base is None:
                 return
             module_name = f"{base}.{module_name}" if module_name else base
         if module_name is None:
             return
-        for alias in node.names:
-            imported = dotted_name(alias.name)
-            if imported is None:
-                continue
-            local = imported
-            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
-                local = alias.asname.name.value
-            self._aliases[local] = f"{module_name}.{imported}"
+        for imported, local in names:
+            self._aliases[local or imported] = f"{module_name}.{imported}"
 
     def _relative_base(self, dots: int) -> Optional[str]:
         if self._package is None:
@@ -257,6 +243,13 @@ class ImportTable:
 
     def names_imported(self) -> FrozenSet[str]:
         return frozenset(self._aliases.values())
+
+
+def _alias_name(alias: cst.ImportAlias) -> Optional[str]:
+    """Return the local name of `... as name`, or None without one."""
+    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+        return alias.asname.name.value
+    return None
 
 
 def _walk_imports(module: cst.Module) -> Iterable[cst.CSTNode]:
