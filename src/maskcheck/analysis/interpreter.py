@@ -569,8 +569,8 @@ class ModuleInterpreter:
     def _run_body(self, function: cst.FunctionDef, scope: Scope) -> None:
         functions: List[cst.FunctionDef] = []
         classes: List[cst.ClassDef] = []
-        body = function.body.body if isinstance(function.body, cst.IndentedBlock) else [function.body]
-        self._run_block(body, scope, functions, classes)
+        # A body on the `def` line (`def f(m): return m.repeat(h, 1, 1)`) is a suite of small statements.
+        self._run_suite(function.body, scope, functions, classes)
         for nested in functions:
             self._run_function(nested, scope, instance=None)
         for nested_class in classes:
