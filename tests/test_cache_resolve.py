@@ -30,6 +30,9 @@ def tree(tmp_path):
     (first / "Upper.py").write_text("")
     (first / "my-module.py").write_text("")
     (first / "folder.py").mkdir()  # a folder, not a module file
+    (first / "both").mkdir()  # a package and a module of the same name: Python imports the package
+    (first / "both" / "__init__.py").write_text("")
+    (first / "both.py").write_text("")
     (first / "namespace" / "inner").mkdir(parents=True)  # no __init__.py anywhere
     (first / "namespace" / "inner" / "leaf.py").write_text("")
     second.mkdir()
@@ -57,6 +60,7 @@ NAMES = [
     "UPPER",
     "my-module",
     "folder",
+    "both",
     "torch",
     "torch.nn",
     "",
@@ -151,3 +155,12 @@ def test_module_created_beside_script_invalidates(tmp_path):
     (folder / "mixer.py").write_text(MIXER_PASSES_MASK)
 
     assert run([folder / "model.py"], cache_dir)["model.py"] == [MODEL_FINDING_LINE]
+
+
+def test_package_resolves_before_module_of_same_name(tree):
+    from maskcheck.analysis.project import ProjectIndex
+
+    first, second = tree
+    package = str(first / "both" / "__init__.py")
+    assert resolve_module((str(first), str(second)), "both") == package
+    assert ProjectIndex([first, second]).find("both").path == package

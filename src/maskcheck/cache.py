@@ -187,10 +187,13 @@ def is_module_name(dotted: str) -> bool:
 
 
 def module_file_in(root: str, dotted: str) -> Optional[str]:
-    """Return `root/a/b.py` or else `root/a/b/__init__.py` for `a.b` when it is a regular file, or None."""
+    """Return `root/a/b/__init__.py` or else `root/a/b.py` for `a.b` when it is a regular file, or None.
+
+    A package comes first, as in Python's import system, when a folder contains both `b/__init__.py` and `b.py`.
+    """
     # Plain strings and `os.stat`: a warm run resolves thousands of names, and pathlib was most of its time.
     relative = dotted.replace(".", os.sep)
-    for candidate in (f"{root}{os.sep}{relative}.py", f"{root}{os.sep}{relative}{os.sep}__init__.py"):
+    for candidate in (f"{root}{os.sep}{relative}{os.sep}__init__.py", f"{root}{os.sep}{relative}.py"):
         try:
             status = os.stat(candidate)
         except (OSError, ValueError):

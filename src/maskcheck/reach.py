@@ -1252,7 +1252,7 @@ class _Search:
                 # No file exists under a path whose folder does not. Most lookups find no file (other libraries'
                 # modules such as `huggingface_hub.utils`), and this needs one `os.stat` per missing folder and search.
                 continue
-            for candidate in (f"{root}{os.sep}{relative}.py", f"{root}{os.sep}{relative}{os.sep}__init__.py"):
+            for candidate in (f"{root}{os.sep}{relative}{os.sep}__init__.py", f"{root}{os.sep}{relative}.py"):
                 status = _regular_file_status(candidate)
                 if status is not None:
                     key = _known_key(candidate, status, dotted)

@@ -373,7 +373,8 @@ class ProjectIndex:
         context = None
         relative = Path(*dotted.split("."))
         for root in self.roots:
-            for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
+            # A package comes before a module of the same name, as in Python's import system.
+            for candidate in (root / relative / "__init__.py", root / relative.with_suffix(".py")):
                 if candidate.is_file():
                     context = self._load(candidate, dotted)
                     break
