@@ -32,9 +32,10 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
             uses = interpreter.run()
             break
         except UnparsableImport as error:
-            # Imported modules are parsed with libcst when the analysis first reads them. One that libcst rejects
-            # is treated like a library, as it was when its whole text was parsed on loading, and the analysis
-            # starts again without it. Each round drops one module, so the rounds end.
+            # Imported modules are parsed with libcst part by part, when the analysis first reads each part. A
+            # module with a part that libcst rejects is then treated like a library, as it was when its whole text
+            # was parsed on loading, and the analysis starts again without it. Each round drops one module, so the
+            # rounds end.
             assert project is not None
             LOG.info("%s: imported module not followed, libcst cannot parse it: %s", path, error)
             project.treat_as_library(error.context)
