@@ -414,6 +414,9 @@ def test_project_root_found_by_marker(tmp_path):
     assert find_project_root(str(nested / "mod.py")) == tmp_path
     assert default_cache_dir(["-", str(nested)]) == tmp_path / CACHE_DIR_NAME
     assert default_cache_dir(["-"]) is None
+    # A missing path gets no cache folder; the first path that exists decides.
+    assert default_cache_dir([str(tmp_path / "typo" / "mod.py"), str(nested)]) == tmp_path / CACHE_DIR_NAME
+    assert default_cache_dir([str(tmp_path / "typo" / "mod.py")]) is None
 
 
 def test_project_root_without_marker(tmp_path):
@@ -487,3 +490,21 @@ def test_folder_memos_give_same_roots_and_names(tmp_path):
             assert find_project_root(path, marked) == find_project_root(path)
     assert module_name_for(str(loose / "mod.py"), packages) == ("lib.inner.mod", tmp_path / "loose")
     assert packages and marked
+
+
+def test_missing_first_path_makes_no_cache_folder(tmp_path, capsys, monkeypatch):
+    if any(
+        (folder / marker).exists() for folder in (tmp_path, *tmp_path.parents) for marker in cache_module.PROJECT_MARKERS
+    ):
+        pytest.skip("a folder above the temporary folder holds a project marker")
+    (tmp_path / "block.py").write_text(BUGGY_BLOCK)
+    monkeypatch.chdir(tmp_path)
+
+    status = cli.main(["nosuchdir/x.py", "block.py"])
+
+    assert status == 2
+    assert not (tmp_path / "nosuchdir").exists()
+    assert (tmp_path / CACHE_DIR_NAME).is_dir()
+    captured = capsys.readouterr()
+    assert "nosuchdir/x.py" in captured.err
+    assert f"block.py:{BUGGY_LINE}:" in captured.out

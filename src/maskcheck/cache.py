@@ -59,7 +59,7 @@ Dependency = Tuple[Tuple[str, ...], str, Optional[str], Optional[str]]
 
 
 def find_project_root(path: str, marked: Optional[Dict[Path, bool]] = None) -> Path:
-    """Return the nearest folder at or above `path` that holds a project marker.
+    """Return the nearest folder at or above `path` that contains a project marker.
 
     Without a marker, return the folder that the top package of `path` sits in (the search root of its absolute
     imports, `module_name_for`), or the folder of `path` outside a package. So the files of one package share a
@@ -82,9 +82,12 @@ def find_project_root(path: str, marked: Optional[Dict[Path, bool]] = None) -> P
 
 
 def default_cache_dir(paths: Sequence[str]) -> Optional[Path]:
-    """Return `.maskcheck_cache` in the project root of the first path that is not standard input, or None."""
+    """Return `.maskcheck_cache` in the project root of the first path that exists, or None.
+
+    A mistyped path (`nosuchdir/x.py`) is reported as missing and must not get a cache folder made for it.
+    """
     for path in paths:
-        if path != "-":
+        if path != "-" and os.path.exists(path):
             return find_project_root(path) / CACHE_DIR_NAME
     return None
 

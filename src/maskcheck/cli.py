@@ -304,7 +304,8 @@ def _add_file_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--no-cache",
         action="store_true",
-        help=f"do not read or write the cache of results and module index ({CACHE_DIR_NAME} in the project root of the first PATH)",
+        help=f"do not read or write the cache of results and module index ({CACHE_DIR_NAME} in the project root "
+        "of the first PATH that exists)",
     )
 
 
