@@ -18,15 +18,31 @@ def expand(x, mask, num_heads):
     return relay(x, mask.repeat(num_heads, 1, 1))
 """
 
+# The same calls, each function's body on its `def` line.
+ONE_LINE_BODIES = """\
+import torch.nn as nn
 
-def test_call_followed_by_default(tmp_path, capsys):
+attn = nn.MultiheadAttention(8, 2)
+
+
+def relay(x, mask): return attn(x, x, x, attn_mask=mask)
+
+
+def expand(x, mask, num_heads): return relay(x, mask.repeat(num_heads, 1, 1))
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "position"), [(SOURCE, ":11:21:"), (ONE_LINE_BODIES, ":9:49:")], ids=["indented", "one_line"]
+)
+def test_call_followed_by_default(tmp_path, capsys, source, position):
     path = tmp_path / "model.py"
-    path.write_text(SOURCE)
+    path.write_text(source)
 
     code = cli.main(["--no-cache", "-q", str(path)])
 
     assert code == 1
-    assert ":11:21: MSK101 " in capsys.readouterr().out
+    assert f"{position} MSK101 " in capsys.readouterr().out
 
 
 def test_depth_zero_follows_no_call(tmp_path, capsys):
@@ -94,27 +110,3 @@ def test_jobs_rejects_other_number_forms(tmp_path, capsys, value):
 
     assert code == 2
     assert "is not a whole number" in capsys.readouterr().err
-
-
-# The same calls, each function's body on its `def` line.
-ONE_LINE_BODIES = """\
-import torch.nn as nn
-
-attn = nn.MultiheadAttention(8, 2)
-
-
-def relay(x, mask): return attn(x, x, x, attn_mask=mask)
-
-
-def expand(x, mask, num_heads): return relay(x, mask.repeat(num_heads, 1, 1))
-"""
-
-
-def test_call_followed_into_one_line_bodies(tmp_path, capsys):
-    path = tmp_path / "model.py"
-    path.write_text(ONE_LINE_BODIES)
-
-    code = cli.main(["--no-cache", "-q", str(path)])
-
-    assert code == 1
-    assert ":9:49: MSK101 " in capsys.readouterr().out

@@ -203,24 +203,24 @@ def test_build_lazy_parses_nothing_until_read(monkeypatch):
     assert context.imports.resolve(cst.Name("LayerBlock")) == "pkg.layers.Block"
     assert sorted(context.functions) == ["first", "with_import"]
     assert parsed == []
-    # `with_import` holds an import, so it stays in the module's text: reading it parses the module once.
+    # `with_import` contains an import, so it stays in the module's text: reading it parses the module once.
     assert context.functions["with_import"].name.value == "with_import"
     assert len(parsed) == 1
     assert context.module.body[4] is context.functions["with_import"]
     assert len(parsed) == 1
 
 
-@pytest.mark.parametrize("kept_last", [False, True])
-def test_build_lazy_keeps_last_definition_of_kept_and_deferred_name(kept_last):
-    kept = "def twice(mask):\n    import torch\n    return 'kept'\n"
+@pytest.mark.parametrize("in_module_text_last", [False, True])
+def test_build_lazy_last_definition_wins(in_module_text_last):
+    in_module_text = "def twice(mask):\n    import torch\n    return 'kept'\n"
     deferred = "def twice(mask):\n    return 'deferred'\n"
-    text = deferred + "\n\n" + kept if kept_last else kept + "\n\n" + deferred
+    text = deferred + "\n\n" + in_module_text if in_module_text_last else in_module_text + "\n\n" + deferred
     lazy, full = _lazy(text), _full(text)
     assert _code(lazy.functions["twice"]) == _code(full.functions["twice"])
-    assert ("kept" in _code(lazy.functions["twice"])) is kept_last
+    assert ("kept" in _code(lazy.functions["twice"])) is in_module_text_last
 
 
-def test_build_lazy_falls_back_when_module_text_does_not_parse(monkeypatch):
+def test_build_lazy_unparsable_module_text(monkeypatch):
     context = _lazy(MODULE)
     text, starts = context._skeleton
     # As if `_stands_alone` had misjudged a definition: the text left for the module no longer parses.

@@ -13,7 +13,7 @@ settings' call depth. A call that cannot be followed returns a value of unknown 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import libcst as cst
 
@@ -155,74 +155,72 @@ class Instance:
         return self._hash
 
 
-class ClassRef:
-    """A class defined at the top level of a project module, by name.
+class _DefinitionRef:
+    """A function or class defined at the top level of a project module, by name.
 
     Evaluating a name only makes the reference: the definition is looked up, and in an imported module parsed
-    (`ModuleContext.build_lazy`), when the analysis first reads `class_def`, to call the class or to use it as a
-    base. Two references are equal when they name the same class of the same module context.
+    (`ModuleContext.build_lazy`), when the analysis first reads it, to call it or to use it as a base. Two
+    references of one kind are equal when they name the same definition of the same module context.
     """
 
-    __slots__ = ("context", "name", "_class_def")
+    __slots__ = ("context", "name", "_node", "_key")
 
     def __init__(self, context: ModuleContext, name: str) -> None:
         self.context = context
         self.name = name
-        self._class_def: Optional[cst.ClassDef] = None
-
-    @property
-    def class_def(self) -> cst.ClassDef:
-        if self._class_def is None:
-            self._class_def = self.context.classes[self.name]
-        return self._class_def
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ClassRef) and other.context is self.context and other.name == self.name
-
-    def __hash__(self) -> int:
-        return hash((id(self.context), self.name))
-
-    def __repr__(self) -> str:
-        return f"ClassRef({self.context.name or self.context.path}.{self.name})"
-
-
-class FunctionRef:
-    """A function of the project: a module's top-level function by name, or a static method by its node.
-
-    A top-level function is looked up, and in an imported module parsed, when the analysis first reads `function`
-    (see `ClassRef`).
-    """
-
-    __slots__ = ("context", "name", "_function", "_key")
-
-    def __init__(self, context: ModuleContext, name: str) -> None:
-        self.context = context
-        self.name = name
-        self._function: Optional[cst.FunctionDef] = None
+        self._node: Optional[cst.CSTNode] = None
         self._key: tuple = ("name", id(context), name)
 
-    @classmethod
-    def of_method(cls, context: ModuleContext, method: cst.FunctionDef) -> "FunctionRef":
-        """A static method looked up on a class. It is never a top-level function, so never equal to one."""
-        reference = cls(context, method.name.value)
-        reference._function = method
-        reference._key = ("method", id(method))
-        return reference
+    def _definitions(self) -> Mapping[str, cst.CSTNode]:
+        raise NotImplementedError
 
-    @property
-    def function(self) -> cst.FunctionDef:
-        if self._function is None:
-            self._function = self.context.functions[self.name]
-        return self._function
+    def _definition(self) -> cst.CSTNode:
+        if self._node is None:
+            self._node = self._definitions()[self.name]
+        return self._node
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, FunctionRef) and other._key == self._key
+        return type(other) is type(self) and other._key == self._key  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash(self._key)
 
     def __repr__(self) -> str:
-        return f"FunctionRef({self.context.name or self.context.path}.{self.name})"
+        return f"{type(self).__name__}({self.context.name or self.context.path}.{self.name})"
+
+
+class ClassRef(_DefinitionRef):
+    """A class defined at the top level of a project module (see `_DefinitionRef`)."""
+
+    __slots__ = ()
+
+    def _definitions(self) -> Mapping[str, cst.CSTNode]:
+        return self.context.classes
+
+    @property
+    def class_def(self) -> cst.ClassDef:
+        return self._definition()  # type: ignore[return-value]
+
+
+class FunctionRef(_DefinitionRef):
+    """A function of the project: a module's top-level function by name, or a static method by its node."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of_method(cls, context: ModuleContext, method: cst.FunctionDef) -> "FunctionRef":
+        """Make the reference of a static method looked up on a class, which never equals a top-level function's."""
+        reference = cls(context, method.name.value)
+        reference._node = method
+        reference._key = ("method", id(method))
+        return reference
+
+    def _definitions(self) -> Mapping[str, cst.CSTNode]:
+        return self.context.functions
+
+    @property
+    def function(self) -> cst.FunctionDef:
+        return self._definition()  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -24,24 +24,11 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
     from maskcheck.rules import RULES, Issue  # the rules import the analysis, so import them late
 
     project, module_name = ProjectIndex.for_file(path) if settings.follow_imports else (None, None)
-    while True:
-        interpreter = ModuleInterpreter(
-            module, path, module_name, project, settings.max_call_depth, settings.extra_consumer_callables
-        )
-        try:
-            uses = interpreter.run()
-            break
-        except UnparsableImport as error:
-            # Imported modules are parsed with libcst part by part, when the analysis first reads each part. A
-            # module with a part that libcst rejects is then treated like a library, as it was when its whole text
-            # was parsed on loading, and the analysis starts again without it. Each round drops one module, so the
-            # rounds end.
-            assert project is not None
-            LOG.info("%s: imported module not followed, libcst cannot parse it: %s", path, error)
-            project.treat_as_library(error.context)
-        finally:
-            if project is not None:
-                project.settle()
+    try:
+        uses = _run_interpreter(module, path, module_name, project, settings)
+    finally:
+        if project is not None:
+            project.settle()
     issues: List[Issue] = []
     seen = set()
     for use in uses:
@@ -99,6 +86,25 @@ def analyse_module(module: cst.Module, path: str, settings: Settings) -> List[Fi
             )
         )
     return findings
+
+
+def _run_interpreter(
+    module: cst.Module, path: str, module_name: Optional[str], project: Optional[ProjectIndex], settings: Settings
+) -> List[MaskUse]:
+    while True:
+        interpreter = ModuleInterpreter(
+            module, path, module_name, project, settings.max_call_depth, settings.extra_consumer_callables
+        )
+        try:
+            return interpreter.run()
+        except UnparsableImport as error:
+            # Imported modules are parsed with libcst part by part, when the analysis first reads each part. A
+            # module with a part that libcst rejects is then treated like a library, as it was when its whole text
+            # was parsed on loading, and the analysis starts again without it. Each round drops one module, so the
+            # rounds end.
+            assert project is not None
+            LOG.info("%s: imported module not followed, libcst cannot parse it: %s", path, error)
+            project.treat_as_library(error.context)
 
 
 def _locate(

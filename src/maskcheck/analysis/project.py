@@ -1,9 +1,9 @@
 """The modules of the analysed project: dotted names from paths, and on-demand parsing of imported modules.
 
-A call into another module of the project (`from .layers import Block`) is followed by parsing that module when it
-is first needed, without its top-level functions and classes: each of those is parsed when it is first looked up.
-Parsed modules are kept between the files of one process in a cache bounded by source size, keyed by path, dotted
-name and content.
+A call into another module of the project (`from .layers import Block`) is followed by loading that module when it
+is first needed. Its imports come from the stdlib parser; libcst parses its top-level statements when they first
+run, and each top-level function or class when it is first looked up. Loaded modules are kept between the files of
+one process in a cache bounded by estimated memory, keyed by path, dotted name and content.
 """
 
 from __future__ import annotations
@@ -153,25 +153,30 @@ class ModuleContext:
         except SourceError:
             module = None
         self.parsed_characters += self._skeleton_characters
-        kept = self._kept_definitions
+        in_text = self._kept_definitions
         nodes: Dict[int, cst.CSTNode] = {}
         if module is not None and len(module.body) == len(starts):
             nodes = dict(zip(starts, module.body))
-        if module is None or not all(_is_definition(nodes.get(start), kind, name) for start, kind, name in kept):
+        if module is None or not all(_is_definition(nodes.get(start), kind, name) for start, kind, name in in_text):
             # A fallback for a text that `_stands_alone` misjudges: the whole module is parsed, and each kept name
-            # gets the last definition of its kind and name, the one a dictionary built from the module holds.
-            if self.full_tree is None:
-                self.full_tree = _parse_imported(self, self.source)
-                self.parsed_characters += len(self.source)
-            module = self.full_tree
+            # gets the last definition of its kind and name, the one a dictionary built from the module contains.
+            module = self.whole_tree()
             last = {(type(node), node.name.value): node for node in module.body if isinstance(node, _CST_DEFINITIONS)}
-            nodes = {start: last[kind, name] for start, kind, name in kept if (kind, name) in last}
-        for start, kind, name in kept:
+            nodes = {start: last[kind, name] for start, kind, name in in_text if (kind, name) in last}
+        for start, kind, name in in_text:
             target = self.classes if kind is cst.ClassDef else self.functions
             if isinstance(target, _LazyDefinitions) and start in nodes:
                 target.resolve_kept(name, start, nodes[start])
         self._skeleton = None
         return module
+
+    def whole_tree(self) -> cst.Module:
+        """Return the tree of all of `source`, parsed on first need, for a definition or module text that failed."""
+        if self.full_tree is None:
+            self.full_tree = _parse_imported(self, self.source or "")
+            self.parsed_characters += len(self.source or "")
+            self.parsed_definitions.append((0, self.full_tree))
+        return self.full_tree
 
     def locate(self, node: cst.CSTNode) -> Optional[Tuple[CodeRange, str]]:
         """Return the range and exact text of a node of this module, or None when the node is not one of its own."""
@@ -249,7 +254,7 @@ def _top_level_segments(tree: ast.Module, line_count: int) -> List[Tuple[int, in
 class _LazyDefinitions(Mapping[str, Definition]):
     """Top-level functions or classes of one module by name, each parsed when first read.
 
-    A definition deferred by `build_lazy` is parsed from its own lines; one kept in the module's text gets its node
+    A definition deferred by `build_lazy` is parsed from its own lines. One kept in the module's text gets its node
     when the module is parsed. The last definition of a name in the module wins, as in a plain dictionary.
     """
 
@@ -302,11 +307,7 @@ class _LazyDefinitions(Mapping[str, Definition]):
             self._context.parsed_definitions.append((start - 1, tree))
             return node
         # A fallback like the one in `build_lazy`: the whole module is parsed once more, and its definition is used.
-        full = self._context.full_tree
-        if full is None:
-            full = self._context.full_tree = _parse_imported(self._context, self._context.source or "")
-            self._context.parsed_characters += len(self._context.source or "")
-            self._context.parsed_definitions.append((0, full))
+        full = self._context.whole_tree()
         found = [statement for statement in full.body if isinstance(statement, self._kind)]
         return [statement for statement in found if statement.name.value == name][-1]
 
