@@ -10,7 +10,7 @@ import pytest
 
 from maskcheck.analysis import names
 from maskcheck.analysis.names import ImportTable
-from maskcheck.analysis.project import _LINE
+from maskcheck.parsing import LINE as _LINE
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "maskcheck"

@@ -30,6 +30,19 @@ def _source(characters: int) -> str:
     return "".join(lines)
 
 
+def _one_statement(characters: int) -> str:
+    """One statement of about `characters` characters, which `parse_module_in_parts` cannot split."""
+    line = "    combine(first[{0}], (second, third), {{'key': [1, 2, 3]}}, scale=0.5),\n"
+    lines = ["TABLE = [\n"]
+    total = 0
+    index = 0
+    while total < characters:
+        lines.append(line.format(index))
+        total += len(lines[-1])
+        index += 1
+    return "".join(lines) + "]\n"
+
+
 @pytest.fixture
 def trims(monkeypatch):
     calls = []
@@ -149,7 +162,7 @@ def test_pool_parses_large_files_in_turn(tmp_path, monkeypatch):
     paths = []
     for number in range(4):
         path = tmp_path / f"model_{number}.py"
-        path.write_text(BUGGY_BLOCK + "\n\n" + _source(parsing.SERIAL_PARSE_CHARACTERS))
+        path.write_text(BUGGY_BLOCK + "\n\n" + _one_statement(parsing.SERIAL_PARSE_CHARACTERS))
         paths.append(str(path))
 
     results = list(runner.check_paths(paths, Settings(), jobs=2))

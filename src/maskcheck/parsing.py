@@ -9,9 +9,10 @@ from __future__ import annotations
 import ast
 import gc
 import io
+import re
 import tokenize
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from maskcheck.findings import SourceError
 
@@ -145,6 +146,116 @@ def parse_module(source: str) -> cst.Module:
             "maskcheck reads Python 3 only, so fix the syntax or exclude the file"
         ) from None
 
+
+
+def parse_module_in_parts(source: str, tree: Optional[ast.Module]) -> "cst.Module":
+    """Parse `source` as `parse_module` does; a large source is parsed one top-level statement's lines at a time.
+
+    `tree` is the stdlib parser's tree of `source`, or None. libcst's parser allocates 360 to 540 bytes per character
+    while it runs (see TRIM_AFTER_CHARACTERS), so one parse of torch 2.13's 1.4 MB common_methods_invocations.py
+    took a process to 738 MB. In parts, the peak is set by the largest part instead (one 660 KB statement there:
+    439 MB). The parts are joined into one Module, which is used only when it prints as `source` exactly, so every
+    position stays the same. Otherwise the whole source is parsed.
+    """
+    if tree is None or len(source) < PARSE_IN_PARTS_CHARACTERS:
+        return parse_module(source)
+    lines = LINE.findall(source)
+    segments = top_level_segments(tree, len(lines))
+    if len(segments) < 2:
+        return parse_module(source)
+    parts = []
+    try:
+        for number, (start, end, _) in enumerate(segments):
+            # The first part also contains the comments and blank lines above the first statement.
+            parts.append(parse_module("".join(lines[(0 if number == 0 else start - 1) : end - 1])))
+    except SourceError:
+        # A part that is not a statement on its own (a backslash line joins it to the next one). The whole
+        # source decides: it parses, or its own error is the one reported.
+        return parse_module(source)
+    joined = _join_parts(parts)
+    del parts
+    release_freed_memory()
+    # libcst does not print some lines that end a module as it read them (a line of spaces before a form feed, a
+    # lone backslash line). So the joined tree is checked against the source, which costs about a fifth of a parse.
+    if joined is None or joined.code != source:
+        return parse_module(source)
+    return joined
+
+
+# Sources of at least this many characters are parsed in parts (`parse_module_in_parts`). 84 of the 7,431 files of
+# the five benchmark trees are this large.
+PARSE_IN_PARTS_CHARACTERS = 128 * 1024
+
+# Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
+LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def top_level_segments(tree: ast.Module, line_count: int) -> List[Tuple[int, int, List[ast.stmt]]]:
+    """Split a module into the lines of its top-level statements: (first line, line after the last, statements).
+
+    A definition's lines start at its first decorator. Statements that start on one line (`a = 1; b = 2`) share a
+    segment, as they share a statement line in libcst. The lines between two statements go with the first one.
+    """
+    segments: List[Tuple[int, int, List[ast.stmt]]] = []
+    for statement in tree.body:
+        decorators = getattr(statement, "decorator_list", None)
+        start = decorators[0].lineno if decorators else statement.lineno
+        if segments and segments[-1][0] == start:
+            segments[-1][2].append(statement)
+        else:
+            segments.append((start, 0, [statement]))
+    bounds = [start for start, _, _ in segments[1:]] + [line_count + 1]
+    return [(start, end, statements) for (start, _, statements), end in zip(segments, bounds)]
+
+
+def _join_parts(parts: Sequence["cst.Module"]) -> Optional["cst.Module"]:
+    """Join the modules of consecutive parts of one source into one module that prints as their texts joined.
+
+    The comments and blank lines at the end of a part (its footer) go before the next part's first statement.
+    Every part with an indented block must have detected the same default indentation as the others, and every
+    part the same line break, because blocks without their own indentation print with the module's default.
+    Returns None when they differ, as in a module whose first blocks use tabs and later ones spaces.
+    """
+    first = parts[0]
+    indents = {part.default_indent for part in parts if any(_has_indented_block(node) for node in part.body)}
+    newlines = {part.default_newline for part in parts}
+    if len(indents) > 1 or len(newlines) > 1 or not all(part.has_trailing_newline for part in parts[:-1]):
+        return None
+    body = list(first.body)
+    carried = list(first.footer)
+    for part in parts[1:]:
+        if not part.body:
+            return None
+        statements = list(part.body)
+        leading = [*carried, *part.header]
+        if leading:
+            statements[0] = statements[0].with_changes(leading_lines=[*leading, *statements[0].leading_lines])
+        body.extend(statements)
+        carried = list(part.footer)
+    return first.with_changes(
+        body=body,
+        footer=carried,
+        default_indent=indents.pop() if indents else first.default_indent,
+        has_trailing_newline=parts[-1].has_trailing_newline,
+    )
+
+
+def _has_indented_block(statement: "cst.CSTNode") -> bool:
+    """Return whether a top-level statement contains an indented block, which may print with the module's default
+    indentation. Blocks occur only in the clauses of compound statements."""
+    import libcst as cst
+
+    stack = [statement]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.IndentedBlock, cst.Match)):
+            return True
+        for name in ("body", "orelse", "finalbody"):
+            child = getattr(node, name, None)
+            if isinstance(child, cst.CSTNode):
+                stack.append(child)
+        stack.extend(getattr(node, "handlers", ()))
+    return False
 
 # libcst 1.9's parser, written in Rust, allocates about 360 bytes of memory per source byte while it parses, and 540
 # on torch 2.13's 1.4 MB common_methods_invocations.py. It frees nearly all of it when it returns: the tree of that

@@ -23,7 +23,7 @@ from maskcheck.analysis.names import ImportTable
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.analysis.source_cache import SizeBoundedCache
 from maskcheck.findings import SourceError, source_lines, text_in_range
-from maskcheck.parsing import check_syntax_and_depth, parse_module
+from maskcheck.parsing import LINE, check_syntax_and_depth, parse_module, top_level_segments
 
 # Imported modules larger than this are not parsed for cross-module analysis (generated tables, vendored data).
 MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
@@ -107,8 +107,8 @@ class ModuleContext:
         contains no import replaced by empty lines, which keeps every position. Each of those definitions is
         parsed from its own lines when first looked up.
         """
-        lines = _LINE.findall(text)
-        segments = _top_level_segments(tree, len(lines))
+        lines = LINE.findall(text)
+        segments = top_level_segments(tree, len(lines))
         skeleton_lines = list(lines)
         deferred: Dict[int, Tuple[ast.stmt, str]] = {}
         for start, end, statements in segments:
@@ -207,8 +207,6 @@ def _is_definition(node: Optional[cst.CSTNode], kind: type, name: str) -> bool:
     return isinstance(node, kind) and node.name.value == name  # type: ignore[attr-defined]
 
 
-# Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _IMPORTS = (ast.Import, ast.ImportFrom)
 _CST_DEFINITIONS = (cst.FunctionDef, cst.ClassDef)
@@ -231,24 +229,6 @@ def _stands_alone(lines: List[str], start: int, end: int, statement: ast.stmt) -
         if stripped and not stripped.startswith("#"):
             return False
     return True
-
-
-def _top_level_segments(tree: ast.Module, line_count: int) -> List[Tuple[int, int, List[ast.stmt]]]:
-    """Split a module into the lines of its top-level statements: (first line, line after the last, statements).
-
-    A definition's lines start at its first decorator. Statements that start on one line (`a = 1; b = 2`) share a
-    segment, as they share a statement line in libcst. The lines between two statements go with the first one.
-    """
-    segments: List[Tuple[int, int, List[ast.stmt]]] = []
-    for statement in tree.body:
-        decorators = getattr(statement, "decorator_list", None)
-        start = decorators[0].lineno if decorators else statement.lineno
-        if segments and segments[-1][0] == start:
-            segments[-1][2].append(statement)
-        else:
-            segments.append((start, 0, [statement]))
-    bounds = [start for start, _, _ in segments[1:]] + [line_count + 1]
-    return [(start, end, statements) for (start, _, statements), end in zip(segments, bounds)]
 
 
 class _LazyDefinitions(Mapping[str, Definition]):

@@ -1,0 +1,171 @@
+"""Parsing a large module one top-level statement at a time gives the tree of one parse of the whole text."""
+
+import ast
+import textwrap
+
+import libcst as cst
+import pytest
+
+from maskcheck import parsing
+from maskcheck.engine import check_source
+from maskcheck.parsing import parse_module_in_parts
+
+SOURCES = {
+    "comments between statements": """\
+        #!/usr/bin/env python
+        # -*- coding: utf-8 -*-
+        \"\"\"Docstring.\"\"\"
+        import torch  # trailing
+
+
+        # above f
+        def f(x):
+            return x
+            # indented after the body
+
+        # above the decorator
+        @decorator(1)
+        @other
+        class A(Base):
+            y = 1
+        # last comment
+        """,
+    "two-space blocks after a part without one": """\
+        import os
+        import sys
+        def f():
+          if os:
+            return 1
+          return 2
+        class B:
+          def g(self):
+            pass
+        """,
+    "tab blocks": "import os\n\ndef f():\n\tif os:\n\t\treturn 1\n\treturn 2\n\nx = 3\n",
+    "statements sharing a line": "a = 1; b = 2\nc = 3; d = 4\nif a: b = 5\nelse:\n    c = 6\n",
+    "no newline at the end": "import os\n\ndef f():\n    return os\n\nx = f()",
+    "compound clauses": """\
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        else:
+            pass
+        finally:
+            done = True
+        for i in range(3):
+            pass
+        else:
+            i = 0
+        while False:
+            pass
+        with open("f") as handle:
+            pass
+        """,
+    "match statement": """\
+        import sys
+        match sys.argv:
+            case [_, "x"]:
+                mode = 1
+            case _:
+                mode = 2
+        print(mode)
+        """,
+    "backslash line joins the next statement": "x = 1\n\\\ny = 2\nz = 3\n",
+    "mixed indentation between blocks": "def f():\n\treturn 1\n\ndef g():\n    return 2\n",
+    "blank lines with spaces and form feeds": "import os\n   \n\x0c\ndef f():\n    pass\n  \n\nx = 1\n",
+}
+
+
+@pytest.fixture
+def always_in_parts(monkeypatch):
+    monkeypatch.setattr(parsing, "PARSE_IN_PARTS_CHARACTERS", 0)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_parts_give_the_tree_of_the_whole_text(name, always_in_parts):
+    text = SOURCES[name]
+    source = textwrap.dedent(text) if text.startswith(" ") or "\n        " in text else text
+    joined = parse_module_in_parts(source, ast.parse(source))
+    whole = cst.parse_module(source)
+    # libcst itself drops the lone backslash line, so the whole parse's text is the reference.
+    assert joined.code == whole.code
+    assert joined.deep_equals(whole)
+
+
+def _part_count(monkeypatch, source):
+    calls = []
+    real = parsing.parse_module
+
+    def counting(text):
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(parsing, "parse_module", counting)
+    parse_module_in_parts(source, ast.parse(source))
+    return calls
+
+
+def test_a_large_source_is_parsed_in_parts(monkeypatch, always_in_parts):
+    source = textwrap.dedent(SOURCES["comments between statements"])
+    calls = _part_count(monkeypatch, source)
+    # docstring, import, def, class: one parse each, and no parse of the whole text.
+    assert len(calls) == 4
+    assert source not in calls
+    assert "".join(calls) == source
+
+
+@pytest.mark.parametrize(
+    "name", ["mixed indentation between blocks", "backslash line joins the next statement", "blank lines with spaces and form feeds"]
+)
+def test_parts_that_do_not_join_fall_back_to_one_parse(monkeypatch, always_in_parts, name):
+    source = SOURCES[name]
+    calls = _part_count(monkeypatch, source)
+    assert calls[-1] == source
+    assert len(calls) > 1
+
+
+def test_a_small_source_is_parsed_whole(monkeypatch):
+    source = "import os\nx = 1\n"
+    calls = _part_count(monkeypatch, source)
+    assert calls == [source]
+
+
+FILLER = """
+def helper_{index}(values, scale):
+    # Filler without a mask, to make the module large.
+    total = 0
+    for value in values:
+        total = total + value * scale
+    return total
+"""
+
+BUG = """
+class Block(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+
+    def forward(self, x, mask):
+        mask = mask.repeat(self.num_heads, 1, 1)
+        return self.attn(x, x, x, attn_mask=mask)
+"""
+
+
+def test_large_module_findings_keep_positions(monkeypatch):
+    fillers = "".join(FILLER.format(index=index) for index in range(900))
+    source = "import torch\nfrom torch import nn\n" + fillers + BUG + fillers
+    assert len(source) >= parsing.PARSE_IN_PARTS_CHARACTERS
+    calls = _part_count(monkeypatch, source)
+    assert len(calls) > 1
+    assert source not in calls
+    monkeypatch.undo()
+
+    in_parts = check_source(source, "big.py")
+    monkeypatch.setattr(parsing, "PARSE_IN_PARTS_CHARACTERS", len(source) + 1)
+    whole = check_source(source, "big.py")
+
+    expected_line = source.splitlines().index("        mask = mask.repeat(self.num_heads, 1, 1)") + 1
+    assert [(finding.line, finding.col, finding.code) for finding in in_parts] == [(expected_line, 16, "MSK101")]
+    assert in_parts == whole
