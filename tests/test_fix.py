@@ -8,10 +8,11 @@ import stat
 import subprocess
 import sys
 
+import libcst
 import pytest
 
 from conftest import BUGGY_BLOCK, FIXED_BLOCK, REPO_ROOT, parse_findings
-from maskcheck import cli, fix, rewrite
+from maskcheck import cli, fix, parsing, rewrite
 from maskcheck.findings import Finding, SourceError
 from maskcheck.rewrite import StoredSource, read_stored, write_atomically
 
@@ -52,6 +53,36 @@ def test_fix_applies_verified_fix(project, run_cli):
     assert result.code == 0
     assert result.out == ""
     assert result.err.splitlines()[-1] == "maskcheck: 1 file checked, 0 files skipped, 0 findings, 1 fixed"
+
+
+LARGE_FILLER = """
+
+def helper_{index}(values, scale):
+    total = 0
+    for value in values:
+        total = total + value * scale
+    return total
+"""
+
+
+def test_fix_large_file_parsed_in_parts(project, run_cli, monkeypatch):
+    needs_torch()
+    filler = "".join(LARGE_FILLER.format(index=index) for index in range(1500))
+    path = project / "block.py"
+    path.write_text(BUGGY_BLOCK + filler)
+    assert path.stat().st_size >= parsing.PARSE_IN_PARTS_CHARACTERS
+    parsed = []
+    real_parse = libcst.parse_module
+    monkeypatch.setattr(libcst, "parse_module", lambda text, *rest: parsed.append(text) or real_parse(text, *rest))
+
+    result = run_cli(["--fix", "--no-cache", "block.py"])
+
+    assert path.read_text() == FIXED_BLOCK + filler
+    assert result.code == 0
+    # The analysis and the fix both parsed the file in parts, never as one text.
+    assert parsed
+    assert BUGGY_BLOCK + filler not in parsed
+    assert FIXED_BLOCK + filler not in parsed
 
 
 def test_second_fix_run_finds_nothing(project, run_cli):

@@ -95,6 +95,14 @@ def _parse_without_collection(source: str) -> ast.Module:
         return ast.parse(source)
 
 
+def stdlib_tree(source: str) -> Optional[ast.Module]:
+    """Return the stdlib parser's tree of `source`, or None when it rejects the text (`parse_module_in_parts`)."""
+    try:
+        return _parse_without_collection(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
 def _ast_depth(tree: ast.AST) -> int:
     """Return the number of levels of the tree (every child node counts, `ctx` included), stopping past the limit.
 
