@@ -1,7 +1,9 @@
 """Parsing a large module one top-level statement at a time gives the tree of one parse of the whole text."""
 
 import ast
+import shutil
 import textwrap
+from pathlib import Path
 
 import libcst as cst
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from maskcheck import parsing
 from maskcheck.engine import check_source
 from maskcheck.parsing import parse_module_in_parts
+
+CROSS_MODULE = Path(__file__).resolve().parents[1] / "fixtures" / "cross_module"
 
 SOURCES = {
     "comments between statements": """\
@@ -116,7 +120,12 @@ def test_a_large_source_is_parsed_in_parts(monkeypatch, always_in_parts):
 
 
 @pytest.mark.parametrize(
-    "name", ["mixed indentation between blocks", "backslash line joins the next statement", "blank lines with spaces and form feeds"]
+    "name",
+    [
+        "mixed indentation between blocks",
+        "backslash line joins the next statement",
+        "blank lines with spaces and form feeds",
+    ],
 )
 def test_parts_that_do_not_join_fall_back_to_one_parse(monkeypatch, always_in_parts, name):
     source = SOURCES[name]
@@ -169,3 +178,25 @@ def test_large_module_findings_keep_positions(monkeypatch):
     expected_line = source.splitlines().index("        mask = mask.repeat(self.num_heads, 1, 1)") + 1
     assert [(finding.line, finding.col, finding.code) for finding in in_parts] == [(expected_line, 16, "MSK101")]
     assert in_parts == whole
+
+
+def test_large_imported_module_parsed_in_parts(tmp_path, monkeypatch):
+    package = tmp_path / "padding_helpers"
+    shutil.copytree(CROSS_MODULE / "padding_helpers", package)
+    monkeypatch.chdir(tmp_path)
+    # Top-level statements after the helpers, so that the text left after its functions is large.
+    row = "TABLE_{0} = [{0}, {0} + 1, {0} + 2, 'padding entry of the table']\n"
+    table = "".join(row.format(index) for index in range(3000))
+    masking = package / "masking.py"
+    masking.write_text(masking.read_text() + "\n" + table)
+    assert len(table) >= parsing.PARSE_IN_PARTS_CHARACTERS
+    parsed = []
+    real_parse = cst.parse_module
+    monkeypatch.setattr(cst, "parse_module", lambda text, *rest: parsed.append(len(text)) or real_parse(text, *rest))
+
+    (finding,) = check_source((package / "decoder.py").read_text(), "padding_helpers/decoder.py")
+
+    assert finding.expression_path == "padding_helpers/masking.py"
+    assert (finding.expression_line, finding.expression_col) == (23, 12)
+    assert parsed
+    assert max(parsed) < parsing.PARSE_IN_PARTS_CHARACTERS

@@ -21,7 +21,7 @@ from libcst.metadata import MetadataWrapper, PositionProvider
 
 from maskcheck.files import STDIN_PATH, ReadError, SourceFile
 from maskcheck.findings import Finding, SourceError, source_lines, text_in_range
-from maskcheck.parsing import parse_module_in_parts, stdlib_tree
+from maskcheck.parsing import parse_module_in_parts
 from maskcheck.report import CONFIRMED, FixState, PathProblem, Report, ReportedFinding
 from maskcheck.rewrite import (
     InterruptedRewrite,
@@ -60,7 +60,7 @@ def locate(
     try:
         # Nothing changes the tree, so the wrapper need not copy it. The copy took as long as the parse itself (about
         # 0.9 s each for torch 2.13's 413 KB `_inductor/ir.py`).
-        wrapper = MetadataWrapper(parse_module_in_parts(stored_text, stdlib_tree(stored_text)), unsafe_skip_copy=True)
+        wrapper = MetadataWrapper(parse_module_in_parts(stored_text), unsafe_skip_copy=True)
     except (SourceError, RecursionError):
         return None, {}, {finding: "the file no longer parses" for finding in findings}
     module = wrapper.module

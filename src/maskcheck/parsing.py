@@ -95,7 +95,7 @@ def _parse_without_collection(source: str) -> ast.Module:
         return ast.parse(source)
 
 
-def stdlib_tree(source: str) -> Optional[ast.Module]:
+def _stdlib_tree(source: str) -> Optional[ast.Module]:
     """Return the stdlib parser's tree of `source`, or None when it rejects the text (`parse_module_in_parts`)."""
     try:
         return _parse_without_collection(source)
@@ -156,16 +156,20 @@ def parse_module(source: str) -> cst.Module:
 
 
 
-def parse_module_in_parts(source: str, tree: Optional[ast.Module]) -> "cst.Module":
+def parse_module_in_parts(source: str, tree: Optional[ast.Module] = None) -> "cst.Module":
     """Parse `source` as `parse_module` does; a large source is parsed one top-level statement's lines at a time.
 
-    `tree` is the stdlib parser's tree of `source`, or None. libcst's parser allocates 360 to 540 bytes per character
-    while it runs (see TRIM_AFTER_CHARACTERS), so one parse of torch 2.13's 1.4 MB common_methods_invocations.py
-    took a process to 738 MB. In parts, the peak is set by the largest part instead (one 660 KB statement there:
-    439 MB). The parts are joined into one Module, which is used only when it prints as `source` exactly, so every
-    position stays the same. Otherwise the whole source is parsed.
+    `tree` is the stdlib parser's tree of `source`; without it, a large source is parsed with the stdlib first.
+    libcst's parser allocates 360 to 540 bytes per character while it runs (see TRIM_AFTER_CHARACTERS), so one parse
+    of torch 2.13's 1.4 MB common_methods_invocations.py took a process to 738 MB. In parts, the peak is set by the
+    largest part instead (one 660 KB statement there: 439 MB). The parts are joined into one Module, which is used
+    only when it prints as `source` exactly, so every position stays the same. Otherwise the whole source is parsed.
     """
-    if tree is None or len(source) < PARSE_IN_PARTS_CHARACTERS:
+    if len(source) < PARSE_IN_PARTS_CHARACTERS:
+        return parse_module(source)
+    if tree is None:
+        tree = _stdlib_tree(source)
+    if tree is None:
         return parse_module(source)
     lines = LINE.findall(source)
     segments = top_level_segments(tree, len(lines))

@@ -23,7 +23,7 @@ from maskcheck.analysis.names import ImportTable
 from maskcheck.analysis.module_paths import module_name_for, package_of, search_roots
 from maskcheck.analysis.source_cache import SizeBoundedCache
 from maskcheck.findings import SourceError, source_lines, text_in_range
-from maskcheck.parsing import LINE, check_syntax_and_depth, parse_module, top_level_segments
+from maskcheck.parsing import LINE, check_syntax_and_depth, parse_module, parse_module_in_parts, top_level_segments
 
 # Imported modules larger than this are not parsed for cross-module analysis (generated tables, vendored data).
 MAX_IMPORTED_MODULE_BYTES = 2 * 1024 * 1024
@@ -149,7 +149,7 @@ class ModuleContext:
         assert self._skeleton is not None and self.source is not None
         text, starts = self._skeleton
         try:
-            module: Optional[cst.Module] = parse_module(text)
+            module: Optional[cst.Module] = parse_module_in_parts(text)
         except SourceError:
             module = None
         self.parsed_characters += self._skeleton_characters
