@@ -1,4 +1,4 @@
-"""Parsing a large module one top-level statement at a time gives the tree of one parse of the whole text."""
+"""Parsing a large module in parts of whole top-level statements gives the tree of one parse of its text."""
 
 import ast
 import shutil
@@ -83,7 +83,9 @@ SOURCES = {
 
 @pytest.fixture
 def always_in_parts(monkeypatch):
+    """Parse every source in parts, one top-level statement each."""
     monkeypatch.setattr(parsing, "PARSE_IN_PARTS_CHARACTERS", 0)
+    monkeypatch.setattr(parsing, "PART_CHARACTERS", 1)
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
@@ -132,6 +134,20 @@ def test_parts_that_do_not_join_fall_back_to_one_parse(monkeypatch, always_in_pa
     calls = _part_count(monkeypatch, source)
     assert calls[-1] == source
     assert len(calls) > 1
+
+
+def test_parts_group_statements_up_to_size(monkeypatch):
+    monkeypatch.setattr(parsing, "PART_CHARACTERS", 40)
+    source = "# header\nimport os\nx = 1\n\ny = 2\nTABLE = [\n    1, 2, 3, 4, 5, 6, 7, 8, 9, 10,\n]\nz = 3\n"
+    lines = parsing.LINE.findall(source)
+
+    texts = parsing._part_texts(lines, parsing.top_level_segments(ast.parse(source), len(lines)))
+
+    assert texts == [
+        "# header\nimport os\nx = 1\n\ny = 2\n",
+        "TABLE = [\n    1, 2, 3, 4, 5, 6, 7, 8, 9, 10,\n]\n",
+        "z = 3\n",
+    ]
 
 
 def test_a_small_source_is_parsed_whole(monkeypatch):

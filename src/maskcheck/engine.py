@@ -9,7 +9,7 @@ from typing import Callable, List, Optional
 # No module imported here imports libcst, which takes 0.5-0.8 s to import (see parsing.py). A run whose files all
 # fail the pre-filter or come from the result cache never needs it. `_load_analysis` imports the analysis.
 from maskcheck.findings import Finding, SourceError
-from maskcheck.parsing import TOO_DEEP, check_syntax_and_depth, parse_module_in_parts
+from maskcheck.parsing import TOO_DEEP, check_syntax_and_depth, parse_parts, split_into_parts
 from maskcheck.settings import Settings
 
 # libcst's parser and our recursive walks need deep stacks for long call chains and nested brackets. Past this,
@@ -32,12 +32,16 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     if not _may_have_findings(source, path, settings, tree):
         return []
 
+    # The stdlib tree is not kept while libcst parses: for a 1.4 MB file it takes about 100 MB.
+    texts = split_into_parts(source, tree)
+    del tree
     analyse_module = _load_analysis()
     old_limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
     try:
         try:
-            module = parse_module_in_parts(source, tree)
+            module = parse_parts(source, texts)
+            del texts
         except RecursionError:
             raise SourceError(TOO_DEEP) from None
         try:

@@ -157,7 +157,7 @@ def parse_module(source: str) -> cst.Module:
 
 
 def parse_module_in_parts(source: str, tree: Optional[ast.Module] = None) -> "cst.Module":
-    """Parse `source` as `parse_module` does; a large source is parsed one top-level statement's lines at a time.
+    """Parse `source` as `parse_module` does; a large source is parsed in parts made of whole top-level statements.
 
     `tree` is the stdlib parser's tree of `source`; without it, a large source is parsed with the stdlib first.
     libcst's parser allocates 360 to 540 bytes per character while it runs (see TRIM_AFTER_CHARACTERS), so one parse
@@ -165,38 +165,81 @@ def parse_module_in_parts(source: str, tree: Optional[ast.Module] = None) -> "cs
     largest part instead (one 660 KB statement there: 439 MB). The parts are joined into one Module, which is used
     only when it prints as `source` exactly, so every position stays the same. Otherwise the whole source is parsed.
     """
+    return parse_parts(source, split_into_parts(source, tree))
+
+
+def split_into_parts(source: str, tree: Optional[ast.Module] = None) -> Optional[List[str]]:
+    """Return the texts that `parse_parts` parses one at a time, or None when `source` is to be parsed whole.
+
+    A caller that keeps `tree` can drop it before `parse_parts`: for a 1.4 MB source it takes about 100 MB.
+    """
     if len(source) < PARSE_IN_PARTS_CHARACTERS:
-        return parse_module(source)
+        return None
     if tree is None:
         tree = _stdlib_tree(source)
     if tree is None:
-        return parse_module(source)
+        return None
     lines = LINE.findall(source)
-    segments = top_level_segments(tree, len(lines))
-    if len(segments) < 2:
+    texts = _part_texts(lines, top_level_segments(tree, len(lines)))
+    return texts if len(texts) > 1 else None
+
+
+def parse_parts(source: str, texts: Optional[List[str]]) -> "cst.Module":
+    """Parse each text of `split_into_parts` and join the trees, or parse `source` whole when `texts` is None."""
+    if texts is None:
         return parse_module(source)
-    parts = []
+    joined = None
+    parts: List["cst.Module"] = []
     try:
-        for number, (start, end, _) in enumerate(segments):
-            # The first part also contains the comments and blank lines above the first statement.
-            parts.append(parse_module("".join(lines[(0 if number == 0 else start - 1) : end - 1])))
+        for text in texts:
+            parts.append(parse_module(text))
+        joined = _join_parts(parts)
     except SourceError:
         # A part that is not a statement on its own (a backslash line joins it to the next one). The whole
-        # source decides: it parses, or its own error is the one reported.
-        return parse_module(source)
-    joined = _join_parts(parts)
-    del parts
+        # source decides below: it parses, or its own error is the one reported.
+        pass
+    parts.clear()
+    # libcst 1.9 does not print some lines at the end of a module as it read them: a blank line before a form-feed
+    # line, the second of two indented comment lines after a statement, a lone backslash line. So the joined tree
+    # is checked against the source, which costs about a fifth of a parse.
+    if joined is not None and joined.code == source:
+        release_freed_memory()
+        return joined
+    # Nothing of the parts is kept while the whole source is parsed.
+    joined = None
     release_freed_memory()
-    # libcst does not print some lines that end a module as it read them (a line of spaces before a form feed, a
-    # lone backslash line). So the joined tree is checked against the source, which costs about a fifth of a parse.
-    if joined is None or joined.code != source:
-        return parse_module(source)
-    return joined
+    return parse_module(source)
+
+
+def _part_texts(lines: List[str], segments: List[Tuple[int, int, List[ast.stmt]]]) -> List[str]:
+    """Group the lines of consecutive top-level segments into texts of about PART_CHARACTERS characters each.
+
+    A statement longer than that makes a text of its own. The first text also contains the lines above the first
+    statement. Fewer, longer parts cost less to parse than one part per statement, and give libcst fewer part ends
+    to misprint.
+    """
+    texts: List[str] = []
+    pending: List[str] = []
+    size = 0
+    for number, (start, end, _) in enumerate(segments):
+        segment = "".join(lines[(0 if number == 0 else start - 1) : end - 1])
+        if pending and size + len(segment) > PART_CHARACTERS:
+            texts.append("".join(pending))
+            pending, size = [], 0
+        pending.append(segment)
+        size += len(segment)
+    if pending:
+        texts.append("".join(pending))
+    return texts
 
 
 # Sources of at least this many characters are parsed in parts (`parse_module_in_parts`). 84 of the 7,431 files of
 # the five benchmark trees are this large.
 PARSE_IN_PARTS_CHARACTERS = 128 * 1024
+
+# The size of each part, in characters, except for a statement that is longer. At the 540 bytes per character of
+# TRIM_AFTER_CHARACTERS, a part this large takes about 35 MB while it is parsed.
+PART_CHARACTERS = 64 * 1024
 
 # Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
 LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
