@@ -36,6 +36,20 @@ BUGGY_COLUMN = 16
 
 FIXED_BLOCK = BUGGY_BLOCK.replace("mask.repeat(self.num_heads, 1, 1)", "mask.repeat_interleave(self.num_heads, dim=0)")
 
+# Functions without a mask, to make a module large: `large_filler(count)` writes `count` of them.
+_FILLER_FUNCTION = """
+
+def helper_{index}(values, scale):
+    total = 0
+    for value in values:
+        total = total + value * scale
+    return total
+"""
+
+
+def large_filler(count: int) -> str:
+    return "".join(_FILLER_FUNCTION.format(index=index) for index in range(count))
+
 # MSK101 is found only when the head-count option names `attn_splits`: nothing else ties it to the head count.
 CUSTOM_HEAD_COUNT_BLOCK = '''\
 import torch.nn as nn

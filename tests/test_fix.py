@@ -11,7 +11,7 @@ import sys
 import libcst
 import pytest
 
-from conftest import BUGGY_BLOCK, FIXED_BLOCK, REPO_ROOT, parse_findings
+from conftest import BUGGY_BLOCK, FIXED_BLOCK, REPO_ROOT, large_filler, parse_findings
 from maskcheck import cli, fix, parsing, rewrite
 from maskcheck.findings import Finding, SourceError
 from maskcheck.rewrite import StoredSource, read_stored, write_atomically
@@ -55,19 +55,9 @@ def test_fix_applies_verified_fix(project, run_cli):
     assert result.err.splitlines()[-1] == "maskcheck: 1 file checked, 0 files skipped, 0 findings, 1 fixed"
 
 
-LARGE_FILLER = """
-
-def helper_{index}(values, scale):
-    total = 0
-    for value in values:
-        total = total + value * scale
-    return total
-"""
-
-
 def test_fix_large_file_parsed_in_parts(project, run_cli, monkeypatch):
     needs_torch()
-    filler = "".join(LARGE_FILLER.format(index=index) for index in range(1500))
+    filler = large_filler(1500)
     path = project / "block.py"
     path.write_text(BUGGY_BLOCK + filler)
     assert path.stat().st_size >= parsing.PARSE_IN_PARTS_CHARACTERS

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import libcst as cst
 import pytest
+from conftest import BUGGY_BLOCK, BUGGY_COLUMN, BUGGY_LINE, large_filler
 
 from maskcheck import parsing
 from maskcheck.engine import check_source
@@ -156,31 +157,9 @@ def test_a_small_source_is_parsed_whole(monkeypatch):
     assert calls == [source]
 
 
-FILLER = """
-def helper_{index}(values, scale):
-    # Filler without a mask, to make the module large.
-    total = 0
-    for value in values:
-        total = total + value * scale
-    return total
-"""
-
-BUG = """
-class Block(nn.Module):
-    def __init__(self, dim, num_heads):
-        super().__init__()
-        self.num_heads = num_heads
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-
-    def forward(self, x, mask):
-        mask = mask.repeat(self.num_heads, 1, 1)
-        return self.attn(x, x, x, attn_mask=mask)
-"""
-
-
 def test_large_module_findings_keep_positions(monkeypatch):
-    fillers = "".join(FILLER.format(index=index) for index in range(900))
-    source = "import torch\nfrom torch import nn\n" + fillers + BUG + fillers
+    fillers = large_filler(900)
+    source = fillers + "\n\n" + BUGGY_BLOCK + fillers
     assert len(source) >= parsing.PARSE_IN_PARTS_CHARACTERS
     calls = _part_count(monkeypatch, source)
     assert len(calls) > 1
@@ -191,8 +170,9 @@ def test_large_module_findings_keep_positions(monkeypatch):
     monkeypatch.setattr(parsing, "PARSE_IN_PARTS_CHARACTERS", len(source) + 1)
     whole = check_source(source, "big.py")
 
-    expected_line = source.splitlines().index("        mask = mask.repeat(self.num_heads, 1, 1)") + 1
-    assert [(finding.line, finding.col, finding.code) for finding in in_parts] == [(expected_line, 16, "MSK101")]
+    expected_line = source[: source.index(BUGGY_BLOCK)].count("\n") + BUGGY_LINE
+    positions = [(finding.line, finding.col, finding.code) for finding in in_parts]
+    assert positions == [(expected_line, BUGGY_COLUMN, "MSK101")]
     assert in_parts == whole
 
 

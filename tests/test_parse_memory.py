@@ -18,8 +18,8 @@ from maskcheck.findings import SourceError
 from maskcheck.settings import Settings
 
 
-def _source(characters: int) -> str:
-    line = "value_{0} = combine(first[{0}], (second, third), {{'key': [1, 2, 3]}}, scale=0.5)\n"
+def _lines(characters: int, line: str) -> str:
+    """Copies of `line` with `{0}` numbered, until they make at least `characters` characters."""
     lines = []
     total = 0
     index = 0
@@ -30,17 +30,14 @@ def _source(characters: int) -> str:
     return "".join(lines)
 
 
+def _source(characters: int) -> str:
+    return _lines(characters, "value_{0} = combine(first[{0}], (second, third), {{'key': [1, 2, 3]}}, scale=0.5)\n")
+
+
 def _one_statement(characters: int) -> str:
     """One statement of about `characters` characters, which `parse_module_in_parts` cannot split."""
-    line = "    combine(first[{0}], (second, third), {{'key': [1, 2, 3]}}, scale=0.5),\n"
-    lines = ["TABLE = [\n"]
-    total = 0
-    index = 0
-    while total < characters:
-        lines.append(line.format(index))
-        total += len(lines[-1])
-        index += 1
-    return "".join(lines) + "]\n"
+    rows = _lines(characters, "    combine(first[{0}], (second, third), {{'key': [1, 2, 3]}}, scale=0.5),\n")
+    return "TABLE = [\n" + rows + "]\n"
 
 
 @pytest.fixture
