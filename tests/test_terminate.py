@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -134,3 +135,22 @@ def test_main_clears_sigterm_state(monkeypatch):
     monkeypatch.setattr(cli, "_main", terminate)
     assert cli.main([]) == 143
     assert cli._terminating is False
+
+
+def _signal_self_then_wait() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    sys.exit(3)
+
+
+def test_forked_child_ends_by_signal(monkeypatch):
+    # A pool worker that gets SIGTERM before its initializer restores the default action.
+    monkeypatch.setattr(cli, "_handler_pid", os.getpid())
+    previous = signal.signal(signal.SIGTERM, cli._raise_terminated)
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_signal_self_then_wait)
+        child.start()
+        child.join(timeout=30)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert child.exitcode == -signal.SIGTERM

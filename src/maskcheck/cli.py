@@ -563,9 +563,21 @@ class Terminated(KeyboardInterrupt):
 # inside a `try` whose `finally` raises another exception in place of Terminated.
 _terminating = False
 
+# The process that installed `_raise_terminated`. A forked worker inherits the handler until its initializer
+# restores the default action (`runner._start_worker`).
+_handler_pid: Optional[int] = None
+
 
 def _raise_terminated(signal_number: int, frame: object) -> None:
     global _terminating
+    if os.getpid() != _handler_pid:
+        # A worker that the pool stops before its initializer has run: it ends as the default action would,
+        # without a traceback of Terminated from the middle of its start.
+        import signal
+
+        signal.signal(signal_number, signal.SIG_DFL)
+        os.kill(os.getpid(), signal_number)
+        return
     if _terminating:
         return  # a second SIGTERM while the first stops the run changes nothing
     _terminating = True
@@ -578,7 +590,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # Without a handler, SIGTERM ended this process at once and left its worker processes running, blocked on
     # the pipe to it, with standard output still open. A caller that waits for that output then waits forever.
+    global _handler_pid
     previous = None
+    _handler_pid = os.getpid()
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:
