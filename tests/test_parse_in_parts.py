@@ -151,6 +151,13 @@ def test_parts_group_statements_up_to_size(monkeypatch):
     ]
 
 
+def test_part_that_prints_differently_stops_the_parts(monkeypatch, always_in_parts):
+    # libcst drops the first of the two blank lines before the form feed, at the end of the second part.
+    source = "a = 1\nb = 2\n\n\x0c\nc = 3\nd = 4\n"
+    calls = _part_count(monkeypatch, source)
+    assert calls == ["a = 1\n", "b = 2\n\n\x0c\n", source]
+
+
 def test_a_small_source_is_parsed_whole(monkeypatch):
     source = "import os\nx = 1\n"
     calls = _part_count(monkeypatch, source)
