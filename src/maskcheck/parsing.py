@@ -194,7 +194,7 @@ def parse_parts(source: str, texts: Optional[List[str]]) -> "cst.Module":
         for text in texts:
             part = parse_module(text)
             # libcst 1.9 does not print some lines at the end of a module as it read them: a blank line before a
-            # form-feed line, the second of two indented comment lines after a statement, a lone backslash line.
+            # form-feed line, the first of two indented comment lines after a statement, a lone backslash line.
             # Each part is checked as soon as it is parsed, so such a file stops at the first part that differs.
             if part.code != text:
                 break
