@@ -32,8 +32,9 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     if not _may_have_findings(source, path, settings, tree):
         return []
 
-    # The stdlib tree is not kept while libcst parses: for a 1.4 MB file it takes about 100 MB.
-    texts = split_into_parts(source, tree)
+    # The stdlib tree is not kept while libcst parses: for a 1.4 MB file it takes about 100 MB. Without a tree (a
+    # grammar newer than the stdlib parser's), the file is parsed whole.
+    texts = split_into_parts(source, tree) if tree is not None else None
     del tree
     analyse_module = _load_analysis()
     old_limit = sys.getrecursionlimit()

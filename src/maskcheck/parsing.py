@@ -155,15 +155,15 @@ def parse_module(source: str) -> cst.Module:
         ) from None
 
 
-
 def parse_module_in_parts(source: str, tree: Optional[ast.Module] = None) -> "cst.Module":
     """Parse `source` as `parse_module` does; a large source is parsed in parts made of whole top-level statements.
 
     `tree` is the stdlib parser's tree of `source`; without it, a large source is parsed with the stdlib first.
     libcst's parser allocates 360 to 540 bytes per character while it runs (see TRIM_AFTER_CHARACTERS), so one parse
-    of torch 2.13's 1.4 MB common_methods_invocations.py took a process to 738 MB. In parts, the peak is set by the
-    largest part instead (one 660 KB statement there: 439 MB). The parts are joined into one Module, which is used
-    only when it prints as `source` exactly, so every position stays the same. Otherwise the whole source is parsed.
+    of torch 2.13's 1.4 MB common_methods_invocations.py took a process to 738 MB. In parts, the largest part sets
+    the peak instead: checking that file, whose largest statement has 660 KB, peaked at 411 MB. The parts are joined
+    into one Module, which is used only when it prints as `source` exactly, so every position stays the same.
+    Otherwise the whole source is parsed.
     """
     return parse_parts(source, split_into_parts(source, tree))
 
@@ -188,6 +188,7 @@ def parse_parts(source: str, texts: Optional[List[str]]) -> "cst.Module":
     """Parse each text of `split_into_parts` and join the trees, or parse `source` whole when `texts` is None."""
     if texts is None:
         return parse_module(source)
+
     joined = None
     parts: List["cst.Module"] = []
     try:
@@ -206,11 +207,13 @@ def parse_parts(source: str, texts: Optional[List[str]]) -> "cst.Module":
         # source decides below: it parses, or its own error is the one reported.
         pass
     parts.clear()
-    # Parts that each print as their text join into a tree that prints as the source. The check of the whole
-    # guards that argument, at about a fifth of a parse.
+
+    # Parts that each print as their text join into a tree that prints as the source. Printing the joined tree
+    # checks that reasoning, at about a fifth of the cost of a parse.
     if joined is not None and joined.code == source:
         release_freed_memory()
         return joined
+
     # Nothing of the parts is kept while the whole source is parsed.
     joined = None
     release_freed_memory()
@@ -221,8 +224,8 @@ def _part_texts(lines: List[str], segments: List[Tuple[int, int, List[ast.stmt]]
     """Group the lines of consecutive top-level segments into texts of about PART_CHARACTERS characters each.
 
     A statement longer than that makes a text of its own. The first text also contains the lines above the first
-    statement. Fewer, longer parts cost less to parse than one part per statement, and give libcst fewer part ends
-    to misprint.
+    statement. Fewer, longer parts cost less to parse than one part per statement, and have fewer ends where
+    libcst may print a line differently.
     """
     texts: List[str] = []
     pending: List[str] = []
@@ -243,8 +246,8 @@ def _part_texts(lines: List[str], segments: List[Tuple[int, int, List[ast.stmt]]
 # the five benchmark trees are this large.
 PARSE_IN_PARTS_CHARACTERS = 128 * 1024
 
-# The size of each part, in characters, except for a statement that is longer. At the 540 bytes per character of
-# TRIM_AFTER_CHARACTERS, a part this large takes about 35 MB while it is parsed.
+# The size of each part, in characters, except for a statement that is longer. At the 540 bytes per character noted
+# at TRIM_AFTER_CHARACTERS, a part this large takes about 35 MB while it is parsed (an estimate).
 PART_CHARACTERS = 64 * 1024
 
 # Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
@@ -302,8 +305,11 @@ def _join_parts(parts: Sequence["cst.Module"]) -> Optional["cst.Module"]:
 
 
 def _has_indented_block(statement: "cst.CSTNode") -> bool:
-    """Return whether a top-level statement contains an indented block, which may print with the module's default
-    indentation. Blocks occur only in the clauses of compound statements."""
+    """Return whether a top-level statement contains an indented block.
+
+    Such a block may print with the module's default indentation. Blocks occur only in the clauses of compound
+    statements.
+    """
     import libcst as cst
 
     stack = [statement]
@@ -317,6 +323,7 @@ def _has_indented_block(statement: "cst.CSTNode") -> bool:
                 stack.append(child)
         stack.extend(getattr(node, "handlers", ()))
     return False
+
 
 # libcst 1.9's parser, written in Rust, allocates about 360 bytes of memory per source byte while it parses, and 540
 # on torch 2.13's 1.4 MB common_methods_invocations.py. It frees nearly all of it when it returns: the tree of that
