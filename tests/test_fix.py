@@ -440,6 +440,17 @@ def test_plan_applies_outer_of_overlapping_fixes():
     assert "run --fix again" in plan.skipped[inner]
 
 
+def test_plan_refuses_lone_backslash_line():
+    text = "x = 1\n\\\ny = f(m)\n"
+    finding = Finding("x.py", 3, 5, "MSK101", "m", 3, 9, expression="f(m)", replacement="g(m)")
+
+    plan = fix.plan_fixes(stored(text), [finding])
+
+    assert plan.text == text
+    assert "lone backslash line" in plan.skipped[finding]
+    assert "\\r" not in plan.skipped[finding]
+
+
 def test_plan_refuses_lone_carriage_returns():
     text = "x = 1\ry = f(m)\r"
     finding = Finding("x.py", 2, 5, "MSK101", "m", 2, 9, expression="f(m)", replacement="g(m)")

@@ -12,6 +12,7 @@ has a fixed finding or gained a new one, the original bytes are written back and
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,6 +33,9 @@ from maskcheck.rewrite import (
     unified_diff,
     write_atomically,
 )
+
+# A carriage return that does not start a `\r\n` line break.
+_LONE_CARRIAGE_RETURN = re.compile(r"\r(?!\n)")
 
 # -------------------------------------------------------------------------------------------------------------------
 # Replacements
@@ -65,9 +69,15 @@ def locate(
         return None, {}, {finding: "the file no longer parses" for finding in findings}
     module = wrapper.module
     if module.code != stored_text:
-        # libcst 1.9 turns a lone `\r` newline into another style, so writing its output back would change lines
-        # that no fix touches.
-        reason = "libcst cannot keep this file's lone \\r newlines, so it is not rewritten"
+        # libcst 1.9 turns a lone `\r` newline into another style and drops some lines, such as a lone backslash
+        # line, so writing its output back would change lines that no fix touches.
+        if _LONE_CARRIAGE_RETURN.search(stored_text):
+            reason = "libcst cannot keep this file's lone \\r newlines, so it is not rewritten"
+        else:
+            reason = (
+                "libcst does not print this file back unchanged (it drops a lone backslash line, for example), "
+                "so it is not rewritten"
+            )
         return None, {}, {finding: reason for finding in findings}
     positions = wrapper.resolve(PositionProvider)
     lines = source_lines(stored_text)
