@@ -18,6 +18,7 @@ from conftest import (
     run_flake8,
 )
 from maskcheck import flake8_plugin
+from maskcheck.analysis import source_cache
 from maskcheck.findings import Finding
 from maskcheck.parsing import MAX_NESTING_DEPTH
 from maskcheck.flake8_plugin import MaskcheckPlugin
@@ -28,6 +29,7 @@ from maskcheck.settings import Settings
 def default_plugin_settings(monkeypatch):
     """Keep `parse_options` calls in one test from changing the class-level settings that the next test reads."""
     monkeypatch.setattr(MaskcheckPlugin, "settings", Settings())
+    monkeypatch.setattr(source_cache, "_SHARERS", 1)
 
 
 def flake8_findings(result) -> list:
@@ -244,3 +246,28 @@ def test_parse_options_accepts_unsplit_default():
     MaskcheckPlugin.parse_options(argparse.Namespace(maskcheck_head_count_names=""))
 
     assert MaskcheckPlugin.settings == Settings()
+
+
+@pytest.mark.parametrize(
+    "jobs, filenames, cores, expected",
+    [
+        ("auto", ["src"], 4, 4),
+        ("3", ["src"], 4, 3),
+        ("1", ["src"], 4, 1),
+        ("0", ["src"], 4, 1),
+        ("auto", ["-"], 4, 1),
+        (None, ["src"], 4, 1),
+    ],
+)
+def test_flake8_jobs_share_cache_budget(monkeypatch, jobs, filenames, cores, expected):
+    """flake8's workers divide the parsed-module cache budget between them, as the command line's workers do."""
+    from flake8.main.options import JobsArgument
+
+    monkeypatch.setattr(flake8_plugin.os, "cpu_count", lambda: cores)
+    values = {"maskcheck_head_count_names": "", "filenames": filenames}
+    if jobs is not None:
+        values["jobs"] = JobsArgument(jobs)
+
+    MaskcheckPlugin.parse_options(argparse.Namespace(**values))
+
+    assert source_cache.sharers() == expected

@@ -13,9 +13,11 @@ unless flake8 runs with `--maskcheck-no-cache`.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from maskcheck import __version__
+from maskcheck.analysis.source_cache import share_between
 from maskcheck.config import parse_call_depth, parse_consumer_callables, parse_head_count_names
 from maskcheck.engine import check_source
 from maskcheck.findings import SourceError
@@ -110,6 +112,9 @@ class MaskcheckPlugin:
             max_call_depth=max_call_depth,
         )
         cls.disable_noqa = bool(getattr(options, "disable_noqa", False))
+        # flake8's worker processes check files at the same time, as the command line's workers do, so they share
+        # the cache budget the same way and the peak memory does not grow with the number of jobs.
+        share_between(_flake8_processes(options))
         if getattr(options, NO_CACHE_OPTION.lstrip("-").replace("-", "_"), False):
             cls.caches = None
         else:
@@ -155,6 +160,23 @@ class MaskcheckPlugin:
                 for finding in findings
             )
         )
+
+
+def _flake8_processes(options: argparse.Namespace) -> int:
+    """Return how many processes flake8 checks files in, as flake8's `Manager._job_count` decides: 1 for standard
+    input, the number of cores for `--jobs auto` (flake8's default), else the number given.
+
+    NOTE: flake8 also checks in one process when it finds a single file, which its options do not show, so that
+    process keeps only its share of the budget.
+    """
+    if "-" in (getattr(options, "filenames", None) or ()):
+        return 1
+    jobs = getattr(options, "jobs", None)
+    if jobs is None:
+        return 1
+    if getattr(jobs, "is_auto", False):
+        return os.cpu_count() or 1
+    return max(1, getattr(jobs, "n_jobs", 1))
 
 
 def _call_depth_or_default(values: Sequence[str]) -> int:
