@@ -305,6 +305,36 @@ def test_store_misses_other_build(tmp_path, monkeypatch):
     assert IndexStore(tmp_path / CACHE_DIR_NAME).load(facts.key) == (False, None)
 
 
+def test_store_overwrites_outdated_entry(tmp_path, caplog):
+    facts = facts_of(NESTED_AND_GUARDED)
+    path, dotted, digest = facts.key
+    store = IndexStore(tmp_path / CACHE_DIR_NAME)
+    for old_digest in ("1" * 32, "2" * 32):
+        store.save((path, dotted, old_digest), None)
+    caplog.set_level(logging.INFO, logger="maskcheck")
+
+    missed = store.load(facts.key)
+    store.save(facts.key, facts)
+
+    assert missed == (False, None)
+    assert caplog.records == [], "an entry for older content is a plain miss, not a damaged entry"
+    assert len(index_entries(tmp_path / CACHE_DIR_NAME)) == 1
+    assert store.load(facts.key) == (True, facts)
+    assert store.load((path, dotted, "1" * 32)) == (False, None)
+
+
+def test_new_build_overwrites_entry(tmp_path, monkeypatch):
+    facts = facts_of(NESTED_AND_GUARDED)
+    IndexStore(tmp_path / CACHE_DIR_NAME).save(facts.key, facts)
+    monkeypatch.setattr(index_store, "code_fingerprint", lambda: "another build")
+    new_build = IndexStore(tmp_path / CACHE_DIR_NAME)
+
+    new_build.save(facts.key, facts)
+
+    assert len(index_entries(tmp_path / CACHE_DIR_NAME)) == 1
+    assert new_build.load(facts.key) == (True, facts)
+
+
 def test_index_store_imports_no_libcst():
     code = "import sys, maskcheck.index_store\nprint(sorted(m for m in ('libcst', 'torch') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -369,7 +399,9 @@ def test_changed_import_builds_new_facts(package, cache_dir, monkeypatch):
     assert recorder.parsed == ["mixer.py"]
     assert found["model.py"] == []
     assert recorder.decisions == {"model.py": False}
-    assert len(index_entries(cache_dir)) == len(entries_before) + 1, "the old content keeps its own entry"
+    assert index_entries(cache_dir) == entries_before, "the new content overwrites the module's entry"
+    mixer_key = module_key(package / "mixer.py", "pkg.mixer")
+    assert IndexStore(cache_dir).load(mixer_key)[0]
 
 
 def test_memory_error_outcome_not_stored(package, cache_dir, monkeypatch):

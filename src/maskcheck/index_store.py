@@ -2,8 +2,9 @@
 
 `reach` builds a `ModuleFacts` for every project module that a checked file can reach, and keeps it for the rest
 of the process. This store keeps the same facts between runs, in `<cache folder>/index-v<FORMAT_VERSION>/`, one
-JSON file per (resolved path, dotted name, content digest, code fingerprint). The file name is a digest of the
-four, so a module whose content returns to an earlier state finds its old entry.
+JSON file per (resolved path, dotted name), named by a digest of the two. The entry also records the content
+digest and the code fingerprint it was built for. An entry for other content or another build is a miss, and the
+new facts overwrite it, so the folder holds at most one entry per module however often the modules change.
 
 The facts depend only on those four. `build_facts` and `reach._parse_imported` read the module's bytes, its path
 and its dotted name (which decide where relative imports point), and no setting. `follow_imports` only decides
@@ -16,8 +17,8 @@ is checked against the field types of `ModuleFacts` and `Unit` when it is read. 
 truncated, of another shape or written for another module is ignored with an INFO log line and rewritten, and is
 never an error.
 
-NOTE: entries are never deleted. Each edit of an imported module adds one, so the folder grows until it is
-removed (`--no-cache` does not remove it).
+NOTE: entries of modules that were deleted or moved stay until the folder is removed, and so does the folder of
+an older format (`index-v1/`, one entry per content and build). `--no-cache` removes neither.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from maskcheck.reach import UNPARSABLE, ModuleFacts, ModuleKey
 LOG = logging.getLogger(__name__)
 
 # Raise when the entry layout changes. Changes to `ModuleFacts` or `Unit` change the code fingerprint anyway.
-FORMAT_VERSION = 1
+# Version 2 names an entry by the module's path and dotted name only, so that new content overwrites it.
+FORMAT_VERSION = 2
 
 # Names of the outcomes of `reach._parse_imported` in an entry. None means the analysis does not follow the module.
 _OUTCOME_FACTS = "facts"
@@ -48,6 +50,10 @@ _DERIVED_FIELDS = frozenset({"namespace"})
 
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any], Any]
+
+
+class _OutdatedEntry(Exception):
+    """An entry of the right module, written for other content or by another build: a miss, not damage."""
 
 
 class IndexStore:
@@ -79,6 +85,8 @@ class IndexStore:
             return False, None
         try:
             return True, self._decode_entry(json.loads(raw), key)
+        except _OutdatedEntry:
+            return False, None
         except (ValueError, TypeError, KeyError, IndexError, RecursionError) as error:
             # json.JSONDecodeError and UnicodeDecodeError are ValueErrors. Deeply nested arrays raise RecursionError.
             self._report_unusable(entry_path, f"invalid content ({type(error).__name__}: {error})")
@@ -103,8 +111,8 @@ class IndexStore:
             )
 
     def _entry_path(self, key: ModuleKey) -> Path:
-        path, dotted, digest = key
-        name = hashlib.blake2b(f"{path}\0{dotted}\0{digest}\0{self.fingerprint}".encode(), digest_size=16).hexdigest()
+        path, dotted, _ = key
+        name = hashlib.blake2b(f"{path}\0{dotted}".encode(), digest_size=16).hexdigest()
         return self._entries / name[:2] / f"{name[2:]}.json"
 
     def _report_unusable(self, entry_path: Path, reason: str) -> None:
@@ -133,17 +141,20 @@ class IndexStore:
     def _decode_entry(self, entry: Any, key: ModuleKey) -> object:
         """Return the outcome an entry stores for `key`.
 
-        Raises ValueError, TypeError, KeyError or IndexError for an entry that this code did not write for `key`.
+        Raises _OutdatedEntry for an entry of the module of `key` written for other content or by another build.
+        Raises ValueError, TypeError, KeyError or IndexError for an entry that this code did not write for the module.
         """
         if type(entry) is not dict:
             raise TypeError("not a JSON object")
         if entry["format"] != FORMAT_VERSION:
             raise ValueError(f"entry format {entry['format']!r}, expected {FORMAT_VERSION}")
         path, dotted, digest = key
-        if entry["code"] != self.fingerprint:
-            raise ValueError("written by another build of maskcheck")
-        if entry["path"] != path or entry["module"] != dotted or entry["digest"] != digest:
-            raise ValueError("it belongs to another module or content")
+        if entry["path"] != path or entry["module"] != dotted:
+            raise ValueError("it belongs to another module")
+        if type(entry["code"]) is not str or type(entry["digest"]) is not str:
+            raise TypeError("the code fingerprint and the content digest must be strings")
+        if entry["code"] != self.fingerprint or entry["digest"] != digest:
+            raise _OutdatedEntry()
         outcome = entry["outcome"]
         if outcome == _OUTCOME_NOT_FOLLOWED:
             return None
