@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from typing import Dict, List
 
 import pytest
 
@@ -259,8 +260,7 @@ def test_parse_options_accepts_unsplit_default():
         (None, ["src"], 4, 1),
     ],
 )
-def test_flake8_jobs_share_cache_budget(monkeypatch, jobs, filenames, cores, expected):
-    """flake8's workers divide the parsed-module cache budget between them, as the command line's workers do."""
+def test_parse_options_counts_flake8_jobs(monkeypatch, jobs, filenames, cores, expected):
     from flake8.main.options import JobsArgument
 
     monkeypatch.setattr(flake8_plugin.os, "cpu_count", lambda: cores)
@@ -270,4 +270,55 @@ def test_flake8_jobs_share_cache_budget(monkeypatch, jobs, filenames, cores, exp
 
     MaskcheckPlugin.parse_options(argparse.Namespace(**values))
 
+    assert MaskcheckPlugin.parallel_jobs == expected
+
+
+@pytest.mark.parametrize("in_worker, expected", [(True, 3), (False, 1)], ids=["worker", "main-process"])
+def test_run_shares_cache_budget_in_workers(monkeypatch, in_worker, expected):
+    """flake8's workers divide the parsed-module cache budget, and its main process keeps all of it."""
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object() if in_worker else None)
+    monkeypatch.setattr(flake8_plugin, "check_source", lambda source, path, settings: [])
+    monkeypatch.setattr(MaskcheckPlugin, "parallel_jobs", 3)
+    source_cache.share_between(7)
+    plugin = MaskcheckPlugin(tree=None, lines=["a = 1\n"], filename="pkg/a.py")
+
+    assert list(plugin.run()) == []
     assert source_cache.sharers() == expected
+
+
+def test_flake8_workers_report_their_share(tmp_path):
+    """Through the real flake8 with two jobs, each worker checks with half the budget (a probe plugin reads it)."""
+    for index in range(6):
+        (tmp_path / f"mod_{index}.py").write_text("x = 1\n")
+    (tmp_path / "probe_plugin.py").write_text(
+        "import os\n"
+        "from maskcheck.analysis import source_cache\n"
+        "class Probe:\n"
+        "    name = 'probe'\n"
+        "    version = '0'\n"
+        "    def __init__(self, tree):\n"
+        "        pass\n"
+        "    def run(self):\n"
+        "        yield 1, 0, f'PRB100 sharers={source_cache.sharers()} pid={os.getpid()}', type(self)\n"
+    )
+    (tmp_path / "setup.cfg").write_text("[flake8:local-plugins]\nextension =\n    PRB = probe_plugin:Probe\npaths = .\n")
+    command = [sys.executable, "-m", "flake8", "--select", "MSK,PRB", "-j", "2", *[f"mod_{i}.py" for i in range(6)]]
+
+    # Not `run_flake8`, whose --isolated would ignore the local plugin in setup.cfg.
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=600)
+
+    assert "Traceback" not in result.stderr.decode(), result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 6
+    # flake8 runs the local probe before maskcheck's plugin on a file, so each worker's first file may still show
+    # the value before maskcheck's first call in that process.
+    by_process: Dict[str, List[str]] = {}
+    for line in lines:
+        sharers, process = line.split("sharers=")[1].split(" pid=")
+        by_process.setdefault(process, []).append(sharers)
+    for values in by_process.values():
+        assert values.count("1") <= 1, lines
+        assert set(values) <= {"1", "2"}, lines
+    assert any("sharers=2" in line for line in lines), lines

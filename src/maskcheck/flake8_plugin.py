@@ -53,6 +53,8 @@ class MaskcheckPlugin:
     disable_noqa = False
     # None until `parse_options` turns the cache on, so the plugin called without flake8 writes no cache folder.
     caches: Optional[PluginCaches] = None
+    # How many worker processes flake8 checks files in when it checks them in parallel (`parse_options`).
+    parallel_jobs = 1
 
     def __init__(self, tree: Any, lines: List[str], filename: str) -> None:
         self.lines = lines
@@ -112,9 +114,7 @@ class MaskcheckPlugin:
             max_call_depth=max_call_depth,
         )
         cls.disable_noqa = bool(getattr(options, "disable_noqa", False))
-        # flake8's worker processes check files at the same time, as the command line's workers do, so they share
-        # the cache budget the same way and the peak memory does not grow with the number of jobs.
-        share_between(_flake8_processes(options))
+        cls.parallel_jobs = _flake8_processes(options)
         if getattr(options, NO_CACHE_OPTION.lstrip("-").replace("-", "_"), False):
             cls.caches = None
         else:
@@ -137,6 +137,7 @@ class MaskcheckPlugin:
         """Yield `(line, column, "CODE message", type)` with flake8's 0-based column."""
         if not self.disable_noqa and file_is_skipped(self.lines):
             return
+        _share_cache_budget(self.parallel_jobs)
         source = "".join(self.lines)
         if self.caches is None:
             result = self._analyse(source)
@@ -162,12 +163,24 @@ class MaskcheckPlugin:
         )
 
 
+def _share_cache_budget(parallel_jobs: int) -> None:
+    """Give this process its share of the cache budget of parsed project modules.
+
+    flake8's worker processes check files at the same time, as the command line's workers do, so each keeps an
+    equal share and the peak memory does not grow with the number of jobs. flake8's main process checks files only
+    when it runs serially, and then keeps the whole budget.
+    """
+    import multiprocessing
+
+    share_between(parallel_jobs if multiprocessing.parent_process() is not None else 1)
+
+
 def _flake8_processes(options: argparse.Namespace) -> int:
-    """Return how many processes flake8 checks files in, as flake8's `Manager._job_count` decides: 1 for standard
+    """Return how many worker processes flake8 starts, as flake8's `Manager._job_count` decides: 1 for standard
     input, the number of cores for `--jobs auto` (flake8's default), else the number given.
 
-    NOTE: flake8 also checks in one process when it finds a single file, which its options do not show, so that
-    process keeps only its share of the budget.
+    NOTE: flake8 7 starts no more processes than it found files, which its options do not show. With fewer files
+    than jobs, each process then keeps less than its share, while it checks about one file.
     """
     if "-" in (getattr(options, "filenames", None) or ()):
         return 1
