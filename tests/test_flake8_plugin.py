@@ -30,6 +30,9 @@ from maskcheck.settings import Settings
 def default_plugin_settings(monkeypatch):
     """Keep `parse_options` calls in one test from changing the class-level settings that the next test reads."""
     monkeypatch.setattr(MaskcheckPlugin, "settings", Settings())
+    monkeypatch.setattr(MaskcheckPlugin, "caches", None)
+    monkeypatch.setattr(MaskcheckPlugin, "disable_noqa", False)
+    monkeypatch.setattr(MaskcheckPlugin, "parallel_jobs", 1)
     monkeypatch.setattr(source_cache, "_SHARERS", 1)
 
 
@@ -322,3 +325,16 @@ def test_flake8_workers_report_their_share(tmp_path):
         assert values.count("1") <= 1, lines
         assert set(values) <= {"1", "2"}, lines
     assert any("sharers=2" in line for line in lines), lines
+
+
+def test_python_api_reads_options_from_config(tmp_path, monkeypatch):
+    """The docs send users of flake8's Python API to a config file, because its keyword options come too late."""
+    from flake8.api import legacy
+
+    (tmp_path / "setup.cfg").write_text("[flake8]\nmaskcheck-head-count-names = n_attn\n")
+    monkeypatch.chdir(tmp_path)
+
+    legacy.get_style_guide(select=["MSK"], maskcheck_consumer_callables=["lib.attend"])
+
+    assert MaskcheckPlugin.settings.extra_head_count_names == frozenset({"n_attn"})
+    assert MaskcheckPlugin.settings.extra_consumer_callables == frozenset()
