@@ -6,11 +6,11 @@ JSON file per (resolved path, dotted name), named by a digest of the two. The en
 digest and the code fingerprint it was built for. An entry for other content or another build is a miss, and the
 new facts overwrite it, so the folder holds at most one entry per module however often the modules change.
 
-The facts depend only on those four. `build_facts` and `reach._parse_imported` read the module's bytes, its path
-and its dotted name (which decide where relative imports point), and no setting. `follow_imports` only decides
-whether other modules are looked up at all. The code fingerprint (`cache.code_fingerprint`) covers maskcheck's
-own sources and the Python version, whose parser decides what parses. So a new build of maskcheck never reads
-the facts of an old one.
+The facts depend only on the path, the dotted name, the content and the code fingerprint. `build_facts` and
+`reach._parse_imported` read the module's bytes, its path and its dotted name (which decide where relative imports
+point), and no setting. `follow_imports` only decides whether other modules are looked up at all. The code
+fingerprint (`cache.code_fingerprint`) covers maskcheck's own sources and the Python version, whose parser decides
+what parses. So a new build of maskcheck never reads the facts of an old one.
 
 Entries are JSON, never pickle, because anyone who can write the project can write this folder too. Every value
 is checked against the field types of `ModuleFacts` and `Unit` when it is read. An entry that is corrupt,
