@@ -565,3 +565,21 @@ def test_index_folder_that_is_a_file(package, cache_dir, caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert not [message for message in messages if "ignored index entry" in message]
     assert len([message for message in messages if "cannot write the module index" in message]) == 1
+
+
+def test_folder_entry_named_in_log(tmp_path, caplog):
+    """A folder in an entry's place cannot be read or replaced, and the write failure names it and the next step."""
+    facts = facts_of(NESTED_AND_GUARDED)
+    store = IndexStore(tmp_path / CACHE_DIR_NAME)
+    store._entry_path(facts.key).mkdir(parents=True)
+    caplog.set_level(logging.INFO, logger="maskcheck")
+
+    missed = store.load(facts.key)
+    store.save(facts.key, facts)
+
+    assert missed == (False, None)
+    messages = [record.getMessage() for record in caplog.records]
+    writes = [message for message in messages if "cannot write the module index entry" in message]
+    assert len(writes) == 1
+    assert str(store._entry_path(facts.key)) in writes[0]
+    assert f"delete the cache folder {tmp_path / CACHE_DIR_NAME}" in writes[0]

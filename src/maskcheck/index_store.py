@@ -9,13 +9,15 @@ new facts overwrite it, so the folder holds at most one entry per module however
 The facts depend only on the path, the dotted name, the content and the code fingerprint. `build_facts` and
 `reach._parse_imported` read the module's bytes, its path and its dotted name (which decide where relative imports
 point), and no setting. `follow_imports` only decides whether other modules are looked up at all. The code
-fingerprint (`cache.code_fingerprint`) covers maskcheck's own sources and the Python version, whose parser decides
-what parses. So a new build of maskcheck never reads the facts of an old one.
+fingerprint (`cache.code_fingerprint`) covers maskcheck's version and own sources, the major and minor Python version,
+whose parser decides what parses, and the libcst version. So a new build of maskcheck never uses the facts of an old
+one.
 
 Entries are JSON, never pickle, because anyone who can write the project can write this folder too. Every value
-is checked against the field types of `ModuleFacts` and `Unit` when it is read. An entry that is corrupt,
-truncated, of another shape or written for another module is ignored with an INFO log line and rewritten, and is
-never an error.
+is checked against the field types of `ModuleFacts` and `Unit` when it is read. An entry that a run reads and finds
+corrupt, truncated, of another shape or written for another module is ignored with an INFO log line, and the new
+facts are written in its place. It is never an error. A run that settles its files without that module's facts
+leaves the entry as it is.
 
 NOTE: entries of modules that were deleted or moved stay until the folder is removed, and so does the folder of
 an older format (`index-v1/`, one entry per content and build). `--no-cache` removes neither.
@@ -104,10 +106,11 @@ class IndexStore:
         except OSError as error:
             self._write_failed = True
             LOG.info(
-                "cannot write the module index in %s (%s); imported modules are parsed again in the next run, "
-                "use --no-cache to skip the cache",
-                self.directory,
+                "cannot write the module index entry %s (%s); imported modules are parsed again in the next run, "
+                "delete the cache folder %s or use --no-cache to skip the cache",
+                entry_path,
                 error.strerror or type(error).__name__,
+                self.directory,
             )
 
     def _entry_path(self, key: ModuleKey) -> Path:
@@ -116,7 +119,9 @@ class IndexStore:
         return self._entries / name[:2] / f"{name[2:]}.json"
 
     def _report_unusable(self, entry_path: Path, reason: str) -> None:
-        LOG.info("ignored index entry %s: %s; the module is parsed again and the entry rewritten", entry_path, reason)
+        LOG.info(
+            "ignored index entry %s: %s; the module is parsed again and its facts written in its place", entry_path, reason
+        )
 
     def _encode_entry(self, key: ModuleKey, outcome: object) -> Dict[str, Any]:
         path, dotted, digest = key
