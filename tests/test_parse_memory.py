@@ -13,7 +13,7 @@ from typing import List, Optional
 import pytest
 from conftest import BUGGY_BLOCK
 
-from maskcheck import parsing, runner
+from maskcheck import engine, parsing, runner
 from maskcheck.findings import SourceError
 from maskcheck.settings import Settings
 
@@ -193,3 +193,32 @@ def test_syntax_check_pauses_collector(monkeypatch, enabled_before):
         gc.enable()
     assert seen == [False]
     assert enabled_after is enabled_before
+
+
+def test_analysed_file_returns_freed_memory(monkeypatch):
+    """The engine hands the memory that an analysis freed back to the system, and skips that for skipped files."""
+    calls = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append(1) or True)
+    analysed = "import torch.nn as nn\nlayer = nn.MultiheadAttention(8, 2)\n"
+    skipped = "x = 1\n"
+
+    engine.check_source(skipped, "skipped.py")
+    after_skipped = len(calls)
+    engine.check_source(analysed, "analysed.py")
+
+    assert after_skipped == 0
+    assert calls == [1]
+
+
+def test_failed_analysis_returns_freed_memory(monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append(1) or True)
+
+    def fail(module, path, settings):
+        raise RecursionError
+
+    monkeypatch.setattr(engine, "_load_analysis", lambda: fail)
+
+    with pytest.raises(SourceError):
+        engine.check_source("import torch.nn as nn\nlayer = nn.MultiheadAttention(8, 2)\n", "failing.py")
+    assert calls == [1]
