@@ -203,3 +203,93 @@ def test_large_imported_module_parsed_in_parts(tmp_path, monkeypatch):
     assert (finding.expression_line, finding.expression_col) == (23, 12)
     assert parsed
     assert max(parsed) < parsing.PARSE_IN_PARTS_CHARACTERS
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Long list, tuple and set displays, parsed in chunks of elements
+
+DISPLAYS = {
+    "list with comments and a trailing comma": (
+        "# header\nTABLE = [\n    # first\n    info('a', dtypes=(1, 2)),  # after a\n\n    info('b'),\n"
+        "    # between\n    info(\n        'c',  # inside\n    ),\n]\nafter = 1\n"
+    ),
+    "starred elements": "OPS = [*first_ops, make(1), *second_ops, make(2)]\n",
+    "redundant parentheses around elements": "ROWS = [a, b, (c), d, ((e)), f]\n",
+    "multi-line elements without their own brackets": "X = [\n    a +\n    b,\n    'x'\n    'y',\n    c,\n]\n",
+    "nested displays": "GRID = [[1, 2], [3, [4, 5]], {6, 7}, (8,), {'k': [9]}]\n",
+    "set": "NAMES = {\n    'abs',\n    'add',  # binary\n    'mul',\n}\n",
+    "parenthesized tuple": "PAIRS = (\n    (1, 2),\n    (3, 4),\n    (5, 6)\n)\n",
+    "annotated assignment": "op_db: list[OpInfo] = [OpInfo('a'), OpInfo('b'), OpInfo('c')]\n",
+    "expression statement": "[setup(1), setup(2), setup(3)]\n",
+    "non-ASCII text before elements": "NOMS = ['école', 'été', \"naïve\", 'ü' * 3]\n",
+    "CRLF line breaks": "TABLE = [\r\n    one(),\r\n    two(),  # c\r\n    three(),\r\n]\r\n",
+    "comment after the last element": "T = [\n    a,\n    b  # last\n]\n",
+    "lambda and conditional elements": "F = [lambda x: x, y if z else w, (yield_ := 3), not q]\n",
+}
+
+
+@pytest.fixture
+def displays_in_chunks(monkeypatch):
+    """Parse every source in parts, and every display statement one element per chunk."""
+    monkeypatch.setattr(parsing, "PARSE_IN_PARTS_CHARACTERS", 0)
+    monkeypatch.setattr(parsing, "PART_CHARACTERS", 1)
+    monkeypatch.setattr(parsing, "SPLIT_DISPLAY_CHARACTERS", 0)
+    monkeypatch.setattr(parsing, "DISPLAY_CHUNK_CHARACTERS", 1)
+
+
+@pytest.mark.parametrize("name", sorted(DISPLAYS))
+def test_display_chunks_give_the_tree_of_one_parse(name, displays_in_chunks):
+    source = DISPLAYS[name]
+
+    parts = parsing.split_into_parts(source, ast.parse(source))
+    joined = parsing.parse_parts(source, parts)
+
+    assert any(isinstance(part, parsing.DisplayPart) for part in parts)
+    assert joined.code == source
+    assert joined.deep_equals(cst.parse_module(source))
+
+
+def test_display_chunked_without_parsing_it_whole(monkeypatch, displays_in_chunks):
+    source = DISPLAYS["list with comments and a trailing comma"]
+    calls = _part_count(monkeypatch, source)
+
+    statement = source[source.index("TABLE") : source.index("after")]
+    assert statement not in calls
+    assert any(parsing.DISPLAY_PLACEHOLDER in call for call in calls)
+
+
+def test_redundant_parentheses_never_end_a_chunk(displays_in_chunks):
+    source = DISPLAYS["redundant parentheses around elements"]
+
+    (part,) = parsing.split_into_parts(source, ast.parse(source))
+
+    # The stdlib parser's positions of `c` and `e` leave out their parentheses, so no chunk starts or ends there.
+    assert part.chunks == ("a", "b, (c), d, ((e)), f")
+
+
+def test_parenthesized_first_element_parsed_whole(displays_in_chunks):
+    source = "ROWS = [(a), b, c]\n"
+
+    parts = parsing.split_into_parts(source, ast.parse(source))
+
+    assert parts is None or not any(isinstance(part, parsing.DisplayPart) for part in parts)
+    assert parsing.parse_parts(source, parts).deep_equals(cst.parse_module(source))
+
+
+def test_display_chunks_grouped_up_to_size(monkeypatch, displays_in_chunks):
+    monkeypatch.setattr(parsing, "DISPLAY_CHUNK_CHARACTERS", 20)
+    source = "ROWS = [\n" + "".join(f"    row({number}),\n" for number in range(10)) + "]\n"
+
+    (part,) = parsing.split_into_parts(source, ast.parse(source))
+
+    assert 1 < len(part.chunks) < 10
+    assert all(len(chunk) >= 20 for chunk in part.chunks[:-1])
+    assert parsing.parse_parts(source, [part]).code == source
+
+
+def test_display_whose_skeleton_fails_parsed_whole(monkeypatch, displays_in_chunks):
+    source = DISPLAYS["set"]
+    monkeypatch.setattr(parsing, "_parse_display_part", lambda part: None)
+    calls = _part_count(monkeypatch, source)
+
+    assert calls == [source]

@@ -35,9 +35,10 @@ def _source(characters: int) -> str:
 
 
 def _one_statement(characters: int) -> str:
-    """One statement of about `characters` characters, which `parse_module_in_parts` cannot split."""
+    """One statement of about `characters` characters, which `parse_module_in_parts` cannot split: a call, not a
+    display."""
     rows = _lines(characters, "    combine(first[{0}], (second, third), {{'key': [1, 2, 3]}}, scale=0.5),\n")
-    return "TABLE = [\n" + rows + "]\n"
+    return "TABLE = build(\n" + rows + ")\n"
 
 
 @pytest.fixture

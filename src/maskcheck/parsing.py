@@ -12,7 +12,8 @@ import io
 import re
 import tokenize
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Protocol, Sequence, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 from maskcheck.findings import SourceError
 
@@ -161,15 +162,33 @@ def parse_module_in_parts(source: str, tree: Optional[ast.Module] = None) -> "cs
     `tree` is the stdlib parser's tree of `source`; without it, a large source is parsed with the stdlib first.
     libcst's parser allocates 360 to 540 bytes per character while it runs (see TRIM_AFTER_CHARACTERS), so one parse
     of torch 2.13's 1.4 MB common_methods_invocations.py took a process to 738 MB. In parts, the largest part sets
-    the peak instead: checking that file, whose largest statement has 660 KB, peaked at 411 MB. The parts are joined
-    into one Module, which is used only when it prints as `source` exactly, so every position stays the same.
-    Otherwise the whole source is parsed.
+    the peak instead: checking that file, whose largest statement has 660 KB, peaked at 411 MB. That statement is a
+    list display, and a long display is parsed in chunks of elements (`DisplayPart`): then the check peaked at
+    133 MB. The parts are joined into one Module, which is used only when it prints as `source` exactly, so every
+    position stays the same. Otherwise the whole source is parsed; a display part that does not print as its text
+    is parsed whole on its own.
     """
     return parse_parts(source, split_into_parts(source, tree))
 
 
-def split_into_parts(source: str, tree: Optional[ast.Module] = None) -> Optional[List[str]]:
-    """Return the texts that `parse_parts` parses one at a time, or None when `source` is to be parsed whole.
+@dataclass(frozen=True)
+class DisplayPart:
+    """A part that is one statement whose value is a long list, tuple or set display, parsed in chunks of elements.
+
+    `skeleton` is `text` with each chunk of consecutive elements replaced by `DISPLAY_PLACEHOLDER`, and `chunks` are
+    the replaced texts, from the first element's first character to the last element's last.
+    """
+
+    text: str
+    skeleton: str
+    chunks: Tuple[str, ...]
+
+
+Part = Union[str, DisplayPart]
+
+
+def split_into_parts(source: str, tree: Optional[ast.Module] = None) -> Optional[List[Part]]:
+    """Return the parts that `parse_parts` parses one at a time, or None when `source` is to be parsed whole.
 
     A caller that keeps `tree` can drop it before `parse_parts`: for a 1.4 MB source it takes about 100 MB.
     """
@@ -180,20 +199,31 @@ def split_into_parts(source: str, tree: Optional[ast.Module] = None) -> Optional
     if tree is None:
         return None
     lines = LINE.findall(source)
-    texts = _part_texts(lines, top_level_segments(tree, len(lines)))
-    return texts if len(texts) > 1 else None
+    segments = top_level_segments(tree, len(lines))
+    groups = _part_groups(lines, segments)
+    if len(groups) <= 1 and not (groups and len(groups[0][0]) >= SPLIT_DISPLAY_CHARACTERS):
+        return None
+    parts: List[Part] = []
+    for text, first_line, grouped in groups:
+        display = _split_display(text, first_line, grouped) if len(text) >= SPLIT_DISPLAY_CHARACTERS else None
+        parts.append(display or text)
+    return parts if len(parts) > 1 or isinstance(parts[0], DisplayPart) else None
 
 
-def parse_parts(source: str, texts: Optional[List[str]]) -> "cst.Module":
-    """Parse each text of `split_into_parts` and join the trees, or parse `source` whole when `texts` is None."""
+def parse_parts(source: str, texts: Optional[List[Part]]) -> "cst.Module":
+    """Parse each part of `split_into_parts` and join the trees, or parse `source` whole when `texts` is None."""
     if texts is None:
         return parse_module(source)
 
     joined = None
     parts: List["cst.Module"] = []
     try:
-        for text in texts:
-            part = parse_module(text)
+        for item in texts:
+            text = item.text if isinstance(item, DisplayPart) else item
+            part = _parse_display_part(item) if isinstance(item, DisplayPart) else None
+            if part is None or part.code != text:
+                # A display that does not join as its text is parsed whole, like any other part.
+                part = parse_module(text)
             # libcst 1.9 does not print some lines at the end of a module as it read them: a blank line before a
             # form-feed line, the first of two indented comment lines after a statement, a lone backslash line.
             # Each part is checked as soon as it is parsed, so such a file stops at the first part that differs.
@@ -221,25 +251,40 @@ def parse_parts(source: str, texts: Optional[List[str]]) -> "cst.Module":
 
 
 def _part_texts(lines: List[str], segments: List[Tuple[int, int, List[ast.stmt]]]) -> List[str]:
-    """Group the lines of consecutive top-level segments into texts of about PART_CHARACTERS characters each.
+    """Group the lines of consecutive top-level segments into texts of about PART_CHARACTERS characters each."""
+    return [text for text, _, _ in _part_groups(lines, segments)]
+
+
+Segment = Tuple[int, int, List[ast.stmt]]
+
+
+def _part_groups(lines: List[str], segments: List[Segment]) -> List[Tuple[str, int, List[Segment]]]:
+    """Group the lines of consecutive top-level segments into texts of about PART_CHARACTERS characters each, and
+    return each text with the number of its first line and its segments.
 
     A statement longer than that makes a text of its own. The first text also contains the lines above the first
     statement. Fewer, longer parts cost less to parse than one part per statement, and have fewer ends where
     libcst may print a line differently.
     """
-    texts: List[str] = []
+    groups: List[Tuple[str, int, List[Segment]]] = []
     pending: List[str] = []
+    pending_segments: List[Segment] = []
+    first_line = 1
     size = 0
-    for number, (start, end, _) in enumerate(segments):
-        segment = "".join(lines[(0 if number == 0 else start - 1) : end - 1])
-        if pending and size + len(segment) > PART_CHARACTERS:
-            texts.append("".join(pending))
-            pending, size = [], 0
-        pending.append(segment)
-        size += len(segment)
+    for number, segment in enumerate(segments):
+        start, end, _ = segment
+        text = "".join(lines[(0 if number == 0 else start - 1) : end - 1])
+        if pending and size + len(text) > PART_CHARACTERS:
+            groups.append(("".join(pending), first_line, pending_segments))
+            pending, pending_segments, size = [], [], 0
+        if not pending:
+            first_line = 1 if number == 0 else start
+        pending.append(text)
+        pending_segments.append(segment)
+        size += len(text)
     if pending:
-        texts.append("".join(pending))
-    return texts
+        groups.append(("".join(pending), first_line, pending_segments))
+    return groups
 
 
 # Sources of at least this many characters are parsed in parts (`parse_module_in_parts`). 84 of the 7,431 files of
@@ -249,6 +294,20 @@ PARSE_IN_PARTS_CHARACTERS = 128 * 1024
 # The size of each part, in characters, except for a statement that is longer. At the 540 bytes per character noted
 # at TRIM_AFTER_CHARACTERS, a part this large takes about 35 MB while it is parsed (an estimate).
 PART_CHARACTERS = 64 * 1024
+
+# A part of at least this many characters that is one statement whose value is a list, tuple or set display is
+# parsed in chunks of elements of about DISPLAY_CHUNK_CHARACTERS each (`DisplayPart`). torch 2.13's
+# common_methods_invocations.py contains `op_db`, one list of 566 elements in 660 KB. Parsed alone as one text, that
+# statement took a process to 386 MB (maximum RSS). In chunks of one element it took 127 MB, and 0.9 s of CPU
+# instead of 1.5 s.
+SPLIT_DISPLAY_CHARACTERS = PART_CHARACTERS
+DISPLAY_CHUNK_CHARACTERS = 16 * 1024
+
+# The name that stands for a chunk of elements in a display's skeleton.
+DISPLAY_PLACEHOLDER = "__maskcheck_display_chunk__"
+
+# Comments, which may stand between the elements of a display.
+_COMMENT = re.compile(r"#[^\r\n]*")
 
 # Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
 LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
@@ -270,6 +329,126 @@ def top_level_segments(tree: ast.Module, line_count: int) -> List[Tuple[int, int
             segments.append((start, 0, [statement]))
     bounds = [start for start, _, _ in segments[1:]] + [line_count + 1]
     return [(start, end, statements) for (start, _, statements), end in zip(segments, bounds)]
+
+
+def _split_display(text: str, first_line: int, segments: List[Segment]) -> Optional[DisplayPart]:
+    """Return `text` as a DisplayPart when it is one statement whose value is a bracketed list, tuple or set display
+    with elements that can be cut apart, else None.
+
+    A chunk starts and ends at an element whose neighbours are separated from it by a comma, whitespace and comments
+    only, so that `[` + chunk + `]` parses into the same elements as the display. An element in redundant
+    parentheses (`[(a), b]`) is never the first or last of a chunk, because the stdlib parser's position of `a`
+    does not include them.
+    """
+    if len(segments) != 1 or len(segments[0][2]) != 1:
+        return None
+    statement = segments[0][2][0]
+    display = getattr(statement, "value", None)
+    if not isinstance(statement, (ast.Assign, ast.AnnAssign, ast.Expr)):
+        return None
+    if not isinstance(display, (ast.List, ast.Tuple, ast.Set)) or len(display.elts) < 2:
+        return None
+
+    lines = LINE.findall(text)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+
+    def offset(line_number: int, byte_column: int) -> int:
+        # The stdlib parser counts columns in UTF-8 bytes.
+        line = lines[line_number - first_line]
+        return starts[line_number - first_line] + len(line.encode("utf-8")[:byte_column].decode("utf-8", "replace"))
+
+    opening = offset(display.lineno, display.col_offset)
+    closing = offset(display.end_lineno, display.end_col_offset) - 1
+    if text[opening] not in "[({" or text[closing] not in "])}":
+        return None
+    spans = [(offset(e.lineno, e.col_offset), offset(e.end_lineno, e.end_col_offset)) for e in display.elts]
+
+    def separated(between: str, allowed: Tuple[str, ...]) -> bool:
+        return "".join(_COMMENT.sub("", between).split()) in allowed
+
+    # Cuts may go after element `i` when what follows it up to the next element is a comma.
+    cuttable = [separated(text[spans[i][1] : spans[i + 1][0]], (",",)) for i in range(len(spans) - 1)]
+    if not separated(text[opening + 1 : spans[0][0]], ("",)) or not separated(
+        text[spans[-1][1] : closing], ("", ",")
+    ):
+        return None
+
+    chunk_bounds: List[Tuple[int, int]] = []
+    chunk_start = spans[0][0]
+    for index, (_, end) in enumerate(spans):
+        last = index == len(spans) - 1
+        if last or (cuttable[index] and end - chunk_start >= DISPLAY_CHUNK_CHARACTERS):
+            chunk_bounds.append((chunk_start, end))
+            if not last:
+                chunk_start = spans[index + 1][0]
+    if len(chunk_bounds) < 2:
+        return None
+
+    pieces: List[str] = []
+    previous = 0
+    for start, end in chunk_bounds:
+        pieces.append(text[previous:start])
+        pieces.append(DISPLAY_PLACEHOLDER)
+        previous = end
+    pieces.append(text[previous:])
+    return DisplayPart(text, "".join(pieces), tuple(text[start:end] for start, end in chunk_bounds))
+
+
+def _parse_display_part(part: DisplayPart) -> Optional["cst.Module"]:
+    """Parse a DisplayPart: its skeleton, then each chunk as a list display whose elements replace a placeholder.
+
+    Returns None when the skeleton has no display of exactly the placeholders. The caller compares the result's
+    code with the part's text.
+    """
+    import libcst as cst
+
+    skeleton = parse_module(part.skeleton)
+    chunks = part.chunks
+
+    class _Replace(cst.CSTTransformer):
+        done = False
+
+        def leave_List(self, original: "cst.List", updated: "cst.List") -> "cst.BaseExpression":
+            return self._fill(updated)
+
+        def leave_Tuple(self, original: "cst.Tuple", updated: "cst.Tuple") -> "cst.BaseExpression":
+            return self._fill(updated)
+
+        def leave_Set(self, original: "cst.Set", updated: "cst.Set") -> "cst.BaseExpression":
+            return self._fill(updated)
+
+        def _fill(self, display):
+            elements = display.elements
+            if self.done or len(elements) != len(chunks):
+                return display
+            if not all(
+                isinstance(element, cst.Element)
+                and isinstance(element.value, cst.Name)
+                and element.value.value == DISPLAY_PLACEHOLDER
+                and not element.value.lpar
+                for element in elements
+            ):
+                return display
+            self.done = True
+            filled: List["cst.BaseElement"] = []
+            for placeholder, chunk in zip(elements, chunks):
+                parsed = cst.parse_expression("[" + chunk + "]")
+                if not isinstance(parsed, cst.List) or not parsed.elements:
+                    raise ValueError("a chunk is not a list of elements")
+                chunk_elements = list(parsed.elements)
+                # The comma after the chunk belongs to the skeleton.
+                chunk_elements[-1] = chunk_elements[-1].with_changes(comma=placeholder.comma)
+                filled.extend(chunk_elements)
+            return display.with_changes(elements=filled)
+
+    replace = _Replace()
+    try:
+        module = skeleton.visit(replace)
+    except (cst.ParserSyntaxError, ValueError):
+        return None
+    return module if replace.done else None
 
 
 def _join_parts(parts: Sequence["cst.Module"]) -> Optional["cst.Module"]:
