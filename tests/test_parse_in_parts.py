@@ -225,6 +225,8 @@ DISPLAYS = {
     "CRLF line breaks": "TABLE = [\r\n    one(),\r\n    two(),  # c\r\n    three(),\r\n]\r\n",
     "comment after the last element": "T = [\n    a,\n    b  # last\n]\n",
     "lambda and conditional elements": "F = [lambda x: x, y if z else w, (yield_ := 3), not q]\n",
+    "CRLF inside a string of the first chunk": 'x = [\n    """a\r\nb""",\n    c,\n    d,\n]\n',
+    "statement after the display on its last line": "before = 0\nx = [\n    a,\n    b]; y = 1\n",
 }
 
 
@@ -237,14 +239,21 @@ def displays_in_chunks(monkeypatch):
     monkeypatch.setattr(parsing, "DISPLAY_CHUNK_CHARACTERS", 1)
 
 
+# Displays whose statement is not cut into chunks, but whose file must still parse as one parse does.
+_NOT_CHUNKED = {"statement after the display on its last line"}
+
+
 @pytest.mark.parametrize("name", sorted(DISPLAYS))
-def test_display_chunks_give_the_tree_of_one_parse(name, displays_in_chunks):
+def test_display_chunks_give_the_tree_of_one_parse(name, displays_in_chunks, monkeypatch):
     source = DISPLAYS[name]
+    if name == "CRLF inside a string of the first chunk":
+        # Chunks of two elements, so that the first chunk holds the string with its `\r\n`.
+        monkeypatch.setattr(parsing, "DISPLAY_CHUNK_CHARACTERS", 11)
 
     parts = parsing.split_into_parts(source, ast.parse(source))
     joined = parsing.parse_parts(source, parts)
 
-    assert any(isinstance(part, parsing.DisplayPart) for part in parts)
+    assert any(isinstance(part, parsing.DisplayPart) for part in parts) != (name in _NOT_CHUNKED)
     assert joined.code == source
     assert joined.deep_equals(cst.parse_module(source))
 
@@ -293,3 +302,13 @@ def test_display_whose_skeleton_fails_parsed_whole(monkeypatch, displays_in_chun
     calls = _part_count(monkeypatch, source)
 
     assert calls == [source]
+
+
+def test_display_skeleton_that_fails_parses_only_its_part(monkeypatch, displays_in_chunks):
+    """A tuple without brackets whose skeleton does not parse: that part is parsed whole, not the whole file."""
+    source = "z = 0\nx = (a) if b else c, d, e, (f)\n"
+    calls = _part_count(monkeypatch, source)
+
+    assert source not in calls
+    assert "x = (a) if b else c, d, e, (f)\n" in calls
+    assert parse_module_in_parts(source, ast.parse(source)).deep_equals(cst.parse_module(source))

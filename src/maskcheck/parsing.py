@@ -309,6 +309,9 @@ DISPLAY_PLACEHOLDER = "__maskcheck_display_chunk__"
 # Comments, which may stand between the elements of a display.
 _COMMENT = re.compile(r"#[^\r\n]*")
 
+# A line break as libcst 1.9 finds a module's first one (`libcst._parser.detect_config.NEWLINE_RE`).
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+
 # Physical lines with their line breaks: `\n`, `\r\n` and `\r`, the ones that Python counts.
 LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
@@ -350,6 +353,10 @@ def _split_display(text: str, first_line: int, segments: List[Segment]) -> Optio
         return None
 
     lines = LINE.findall(text)
+    if display.end_lineno >= first_line + len(lines):
+        # Another statement starts on the display's last line (`x = [\n a]; y = 1`), so the part ends before the
+        # display does. Such a part does not parse on its own anyway.
+        return None
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line))
@@ -404,7 +411,20 @@ def _parse_display_part(part: DisplayPart) -> Optional["cst.Module"]:
     """
     import libcst as cst
 
-    skeleton = parse_module(part.skeleton)
+    # libcst takes the default line break from the first one in the text it parses, and stores the others only when
+    # they differ. A chunk or the skeleton alone could start with another one than the part (a `\r\n` inside a
+    # string), and libcst 1.9 ignores `PartialParserConfig.default_newline`. So each chunk is parsed after the part's
+    # first line break, which goes to the chunk's own `[`, and a skeleton that finds another one is not used.
+    first_break = _LINE_BREAK.search(part.text)
+    line_break = first_break.group(0) if first_break else "\n"
+    try:
+        skeleton = parse_module(part.skeleton)
+    except SourceError:
+        # The skeleton does not parse (a tuple without brackets around it, `x = (a) if b else c, d`): the part is
+        # parsed whole, not the whole file.
+        return None
+    if skeleton.default_newline != line_break:
+        return None
     chunks = part.chunks
 
     class _Replace(cst.CSTTransformer):
@@ -434,7 +454,7 @@ def _parse_display_part(part: DisplayPart) -> Optional["cst.Module"]:
             self.done = True
             filled: List["cst.BaseElement"] = []
             for placeholder, chunk in zip(elements, chunks):
-                parsed = cst.parse_expression("[" + chunk + "]")
+                parsed = cst.parse_expression("[" + line_break + chunk + "]")
                 if not isinstance(parsed, cst.List) or not parsed.elements:
                     raise ValueError("a chunk is not a list of elements")
                 chunk_elements = list(parsed.elements)
