@@ -231,10 +231,8 @@ DISPLAYS = {
 
 
 @pytest.fixture
-def displays_in_chunks(monkeypatch):
+def displays_in_chunks(monkeypatch, always_in_parts):
     """Parse every source in parts, and every display statement one element per chunk."""
-    monkeypatch.setattr(parsing, "PARSE_IN_PARTS_CHARACTERS", 0)
-    monkeypatch.setattr(parsing, "PART_CHARACTERS", 1)
     monkeypatch.setattr(parsing, "SPLIT_DISPLAY_CHARACTERS", 0)
     monkeypatch.setattr(parsing, "DISPLAY_CHUNK_CHARACTERS", 1)
 
@@ -244,10 +242,10 @@ _NOT_CHUNKED = {"statement after the display on its last line"}
 
 
 @pytest.mark.parametrize("name", sorted(DISPLAYS))
-def test_display_chunks_give_the_tree_of_one_parse(name, displays_in_chunks, monkeypatch):
+def test_display_chunks_equal_one_parse(name, displays_in_chunks, monkeypatch):
     source = DISPLAYS[name]
     if name == "CRLF inside a string of the first chunk":
-        # Chunks of two elements, so that the first chunk holds the string with its `\r\n`.
+        # Chunks of two elements, so that the first chunk contains the string with its `\r\n`.
         monkeypatch.setattr(parsing, "DISPLAY_CHUNK_CHARACTERS", 11)
 
     parts = parsing.split_into_parts(source, ast.parse(source))
@@ -258,7 +256,7 @@ def test_display_chunks_give_the_tree_of_one_parse(name, displays_in_chunks, mon
     assert joined.deep_equals(cst.parse_module(source))
 
 
-def test_display_chunked_without_parsing_it_whole(monkeypatch, displays_in_chunks):
+def test_display_never_parsed_whole(monkeypatch, displays_in_chunks):
     source = DISPLAYS["list with comments and a trailing comma"]
     calls = _part_count(monkeypatch, source)
 
@@ -296,7 +294,7 @@ def test_display_chunks_grouped_up_to_size(monkeypatch, displays_in_chunks):
     assert parsing.parse_parts(source, [part]).code == source
 
 
-def test_display_whose_skeleton_fails_parsed_whole(monkeypatch, displays_in_chunks):
+def test_failed_display_parsed_whole(monkeypatch, displays_in_chunks):
     source = DISPLAYS["set"]
     monkeypatch.setattr(parsing, "_parse_display_part", lambda part: None)
     calls = _part_count(monkeypatch, source)
@@ -304,7 +302,7 @@ def test_display_whose_skeleton_fails_parsed_whole(monkeypatch, displays_in_chun
     assert calls == [source]
 
 
-def test_display_skeleton_that_fails_parses_only_its_part(monkeypatch, displays_in_chunks):
+def test_failed_skeleton_parses_its_part(monkeypatch, displays_in_chunks):
     """A tuple without brackets whose skeleton does not parse: that part is parsed whole, not the whole file."""
     source = "z = 0\nx = (a) if b else c, d, e, (f)\n"
     calls = _part_count(monkeypatch, source)

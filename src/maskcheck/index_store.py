@@ -4,7 +4,7 @@
 of the process. This store keeps the same facts between runs, in `<cache folder>/index-v<FORMAT_VERSION>/`, one
 JSON file per (resolved path, dotted name), named by a digest of the two. The entry also records the content
 digest and the code fingerprint it was built for. An entry for other content or another build is a miss, and the
-new facts overwrite it, so the folder holds at most one entry per module however often the modules change.
+new facts overwrite it, so the folder keeps at most one entry per module however often the modules change.
 
 The facts depend only on the path, the dotted name, the content and the code fingerprint. `build_facts` and
 `reach._parse_imported` read the module's bytes, its path and its dotted name (which decide where relative imports
@@ -55,7 +55,8 @@ Decoder = Callable[[Any], Any]
 
 
 class _OutdatedEntry(Exception):
-    """An entry of the right module, written for other content or by another build: a miss, not damage."""
+    """An entry of the right module that was written for other content or by another build. It is a miss, not
+    damage."""
 
 
 class IndexStore:

@@ -165,7 +165,7 @@ def parse_module_in_parts(source: str, tree: Optional[ast.Module] = None) -> "cs
     the peak instead: checking that file, whose largest statement has 660 KB, peaked at 411 MB. That statement is a
     list display, and a long display is parsed in chunks of elements (`DisplayPart`): then the check peaked at
     133 MB. The parts are joined into one Module, which is used only when it prints as `source` exactly, so every
-    position stays the same. Otherwise the whole source is parsed; a display part that does not print as its text
+    position stays the same. Otherwise the whole source is parsed. A display part that does not print as its text
     is parsed whole on its own.
     """
     return parse_parts(source, split_into_parts(source, tree))
@@ -200,43 +200,47 @@ def split_into_parts(source: str, tree: Optional[ast.Module] = None) -> Optional
         return None
     lines = LINE.findall(source)
     segments = top_level_segments(tree, len(lines))
-    groups = _part_groups(lines, segments)
-    if len(groups) <= 1 and not (groups and len(groups[0][0]) >= SPLIT_DISPLAY_CHARACTERS):
-        return None
     parts: List[Part] = []
-    for text, first_line, grouped in groups:
+    for text, first_line, grouped in _part_groups(lines, segments):
         display = _split_display(text, first_line, grouped) if len(text) >= SPLIT_DISPLAY_CHARACTERS else None
         parts.append(display or text)
-    return parts if len(parts) > 1 or isinstance(parts[0], DisplayPart) else None
+    # One plain part is the whole source, which `parse_parts` then parses once.
+    if len(parts) > 1 or (parts and isinstance(parts[0], DisplayPart)):
+        return parts
+    return None
 
 
-def parse_parts(source: str, texts: Optional[List[Part]]) -> "cst.Module":
-    """Parse each part of `split_into_parts` and join the trees, or parse `source` whole when `texts` is None."""
-    if texts is None:
+def parse_parts(source: str, parts: Optional[List[Part]]) -> "cst.Module":
+    """Parse each part of `split_into_parts` and join the trees, or parse `source` whole when `parts` is None."""
+    if parts is None:
         return parse_module(source)
 
     joined = None
-    parts: List["cst.Module"] = []
+    parsed: List["cst.Module"] = []
     try:
-        for item in texts:
-            text = item.text if isinstance(item, DisplayPart) else item
-            part = _parse_display_part(item) if isinstance(item, DisplayPart) else None
-            if part is None or part.code != text:
-                # A display that does not join as its text is parsed whole, like any other part.
+        for item in parts:
+            if isinstance(item, DisplayPart):
+                text = item.text
+                part = _parse_display_part(item)
+                if part is None or part.code != text:
+                    # A display whose chunks do not join as its text is parsed whole, like any other part.
+                    part = parse_module(text)
+            else:
+                text = item
                 part = parse_module(text)
             # libcst 1.9 does not print some lines at the end of a module as it read them: a blank line before a
             # form-feed line, the first of two indented comment lines after a statement, a lone backslash line.
             # Each part is checked as soon as it is parsed, so such a file stops at the first part that differs.
             if part.code != text:
                 break
-            parts.append(part)
+            parsed.append(part)
         else:
-            joined = _join_parts(parts)
+            joined = _join_parts(parsed)
     except SourceError:
         # A part that is not a statement on its own (a backslash line joins it to the next one). The whole
         # source decides below: it parses, or its own error is the one reported.
         pass
-    parts.clear()
+    parsed.clear()
 
     # Parts that each print as their text join into a tree that prints as the source. Printing the joined tree
     # checks that reasoning, at about a fifth of the cost of a parse.
@@ -303,10 +307,10 @@ PART_CHARACTERS = 64 * 1024
 SPLIT_DISPLAY_CHARACTERS = PART_CHARACTERS
 DISPLAY_CHUNK_CHARACTERS = 16 * 1024
 
-# The name that stands for a chunk of elements in a display's skeleton.
+# The name that replaces a chunk of elements in a display's skeleton.
 DISPLAY_PLACEHOLDER = "__maskcheck_display_chunk__"
 
-# Comments, which may stand between the elements of a display.
+# Comments, which may appear between the elements of a display.
 _COMMENT = re.compile(r"#[^\r\n]*")
 
 # A line break as libcst 1.9 finds a module's first one (`libcst._parser.detect_config.NEWLINE_RE`).
@@ -420,7 +424,7 @@ def _parse_display_part(part: DisplayPart) -> Optional["cst.Module"]:
     try:
         skeleton = parse_module(part.skeleton)
     except SourceError:
-        # The skeleton does not parse (a tuple without brackets around it, `x = (a) if b else c, d`): the part is
+        # The skeleton of a tuple without brackets (`x = (a) if b else c, d`) may not parse. Then only this part is
         # parsed whole, not the whole file.
         return None
     if skeleton.default_newline != line_break:
