@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -462,3 +463,30 @@ def test_closed_pipe_gives_no_traceback(tmp_path):
     assert result.stdout.startswith("block_000.py:11:16: MSK101 ")
     assert "Traceback" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
+
+
+def test_cli_drops_outcomes_as_they_arrive(run_cli, monkeypatch, tmp_path):
+    """The command line keeps what the report needs of each outcome, not the outcome, so memory stays flat."""
+    for index in range(4):
+        (tmp_path / f"clean_{index}.py").write_text("scale = 1\n")
+    (tmp_path / "repeat.py").write_text(BUGGY_BLOCK)
+    references = []
+    alive_when_resumed = []
+    real_check_paths = cli.check_paths
+
+    def tracking_check_paths(*arguments):
+        for source, outcome in real_check_paths(*arguments):
+            references.append(weakref.ref(outcome))
+            yield source, outcome
+            # The caller asks for the next outcome only after it has read this one.
+            alive_when_resumed.append(sum(reference() is not None for reference in references))
+
+    monkeypatch.setattr(cli, "check_paths", tracking_check_paths)
+    result = run_cli(["--no-cache", "--jobs", "1", str(tmp_path)])
+
+    assert result.code == 1
+    assert len(parse_findings(result.out)) == 1
+    assert "5 files checked" in result.err
+    assert len(references) == 5
+    # Only the outcome just read is still referenced, by the loops that read it.
+    assert alive_when_resumed == [1, 1, 1, 1, 1]
