@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import Dict, List
 
@@ -113,6 +114,36 @@ def test_warm_run_analyses_nothing(package, cache_dir, monkeypatch):
     assert warm == cold
     assert counter.checked == []
     assert len(entry_files(cache_dir)) == 3
+
+
+def test_warm_run_holds_no_empty_results(tmp_path, cache_dir, monkeypatch):
+    """Cached results without findings are not all decoded and kept before the first file is yielded."""
+    for index in range(6):
+        (tmp_path / f"clean_{index}.py").write_text("scale = 1\n")
+    (tmp_path / "repeat.py").write_text(BUGGY_BLOCK)
+    sources = discover([str(tmp_path)]).files
+    list(check_paths(sources, Settings(), jobs=1, cache_dir=cache_dir))
+    decoded = []
+    real_decode = runner._decode_checked
+
+    def tracking_decode(*arguments):
+        checked = real_decode(*arguments)
+        decoded.append(weakref.ref(checked.outcome))
+        return checked
+
+    monkeypatch.setattr(runner, "_decode_checked", tracking_decode)
+
+    results = check_paths(sources, Settings(), jobs=1, cache_dir=cache_dir)
+    first_source, first_outcome = next(results)
+    alive_at_first = sum(reference() is not None for reference in decoded)
+    rest = list(results)
+
+    assert len(decoded) == 7
+    # The outcome with a finding is kept until its turn, and the one just yielded is alive.
+    assert alive_at_first <= 2
+    outcomes = [first_outcome] + [outcome for _, outcome in rest]
+    assert [len(outcome.findings) for outcome in outcomes] == [0, 0, 0, 0, 0, 0, 1]
+    assert all(outcome.error is None and not outcome.skipped for outcome in outcomes)
 
 
 def test_changed_file_invalidates_its_entry(package, cache_dir, monkeypatch):
