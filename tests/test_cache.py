@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import weakref
 from pathlib import Path
 from typing import Dict, List
@@ -144,6 +145,29 @@ def test_warm_run_holds_no_empty_results(tmp_path, cache_dir, monkeypatch):
     outcomes = [first_outcome] + [outcome for _, outcome in rest]
     assert [len(outcome.findings) for outcome in outcomes] == [0, 0, 0, 0, 0, 0, 1]
     assert all(outcome.error is None and not outcome.skipped for outcome in outcomes)
+
+
+def test_non_utf8_names_cached(tmp_path, monkeypatch):
+    """File and folder names that are not valid UTF-8 (surrogate escapes in Python) get cache and index entries."""
+    root = os.fsencode(tmp_path)
+    try:
+        project = Path(os.fsdecode(root + b"/caf\xe9"))
+        project.mkdir()
+        (project / os.fsdecode(b"bug\xff.py")).write_text(BUGGY_BLOCK)
+    except (OSError, UnicodeError) as error:
+        pytest.skip(f"this file system does not take such names: {error}")
+    write_package(project / "pkg")
+    cache_dir = project / CACHE_DIR_NAME
+
+    cold = run([project], cache_dir)
+    counter = CountingCheck(monkeypatch)
+    warm = run([project], cache_dir)
+
+    assert cold[os.fsdecode(b"bug\xff.py")] == [BUGGY_LINE]
+    assert cold["model.py"] == [MODEL_FINDING_LINE]
+    assert warm == cold
+    assert counter.checked == []
+    assert list(cache_dir.glob("index-*/*/*.json")), "the imported modules should have index entries"
 
 
 def test_changed_file_invalidates_its_entry(package, cache_dir, monkeypatch):

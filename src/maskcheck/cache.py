@@ -432,7 +432,8 @@ class ResultCache:
             )
 
     def _entry_path(self, state: FileState) -> Path:
-        name = digest_bytes(f"{self.entry_key}\0{state.path}\0{state.display}".encode())
+        # A file name that is not valid UTF-8 reaches Python with surrogate escapes, which encode back to its bytes.
+        name = digest_bytes(f"{self.entry_key}\0{state.path}\0{state.display}".encode("utf-8", "surrogateescape"))
         return self._entries / name[:2] / f"{name[2:]}.json"
 
     def _prepare_directory(self, folder: Path) -> None:

@@ -116,7 +116,8 @@ class IndexStore:
 
     def _entry_path(self, key: ModuleKey) -> Path:
         path, dotted, _ = key
-        name = hashlib.blake2b(f"{path}\0{dotted}".encode(), digest_size=16).hexdigest()
+        # A folder name that is not valid UTF-8 reaches Python with surrogate escapes, which encode back to its bytes.
+        name = hashlib.blake2b(f"{path}\0{dotted}".encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
         return self._entries / name[:2] / f"{name[2:]}.json"
 
     def _report_unusable(self, entry_path: Path, reason: str) -> None:
