@@ -911,6 +911,8 @@ def _write_report(output: str, output_file: Optional[str]) -> bool:
     """Write the report to standard output or to `output_file`; on failure print one error line and return False."""
     if output_file is None:
         return _write_stdout(output)
+    # TODO: a report that names a file whose name is not valid UTF-8 contains surrogate escapes. Writing it here or
+    # to a strict UTF-8 standard output raises UnicodeEncodeError, with a traceback and exit code 1.
     try:
         with open(output_file, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(output)

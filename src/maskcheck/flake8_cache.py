@@ -82,6 +82,8 @@ def decode_result(data: Dict[str, Any]) -> PluginResult:
         line, column, text = item
         if type(line) is not int or type(column) is not int or type(text) is not str:
             raise TypeError(f"finding {item!r} does not have an integer line and column and a string text")
+        # TODO: a message that names a module under a folder whose name is not valid UTF-8 is stored but rejected
+        # here, so that file is analysed again on every run.
         if line < 1 or column < 0 or not _FINDING_TEXT.fullmatch(text) or not _printable(text):
             raise ValueError(f"finding {item!r} has an invalid line, column or text")
         findings.append((line, column, text))

@@ -125,6 +125,7 @@ def _region(finding) -> Dict[str, int]:
 
 
 def _artifact(path: str) -> Dict[str, str]:
+    # TODO: quote() raises UnicodeEncodeError for a file name that is not valid UTF-8 (surrogate escapes).
     if os.path.isabs(path):
         return {"uri": pathlib.Path(path).as_uri()}
     return {"uri": urllib.parse.quote(path.replace(os.sep, "/")), "uriBaseId": SRCROOT}
