@@ -490,3 +490,48 @@ def test_cli_drops_outcomes_as_they_arrive(run_cli, monkeypatch, tmp_path):
     assert len(references) == 5
     # Only the outcome just read is still referenced, by the loops that read it.
     assert alive_when_resumed == [1, 1, 1, 1, 1]
+
+
+def write_non_utf8_file(folder: Path) -> bytes:
+    """Write BUGGY_BLOCK under a name that is not valid UTF-8 and return that name, or skip where that is impossible."""
+    name = b"bug\xff.py"
+    try:
+        (folder / os.fsdecode(name)).write_text(BUGGY_BLOCK)
+    except (OSError, UnicodeError) as error:
+        pytest.skip(f"this file system does not take such names: {error}")
+    return name
+
+
+@pytest.mark.parametrize("output_format", ["text", "json", "sarif"])
+def test_non_utf8_name_in_output_file(tmp_path, output_format):
+    name = write_non_utf8_file(tmp_path)
+    report = tmp_path / "report.out"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "maskcheck", "--no-cache", "--output-format", output_format, "--output-file",
+         str(report), "."],
+        cwd=tmp_path, capture_output=True, timeout=600,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert b"Traceback" not in result.stderr
+    written = report.read_bytes()
+    if output_format == "sarif":
+        assert b"bug%FF.py" in written
+    else:
+        assert name in written
+
+
+def test_non_utf8_name_on_strict_stdout(tmp_path):
+    """A standard output with a strict UTF-8 error handler gets the name as its bytes, not a traceback."""
+    name = write_non_utf8_file(tmp_path)
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "maskcheck", "--no-cache", "."],
+        cwd=tmp_path, capture_output=True, env=environment, timeout=600,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stdout.startswith(name + b":11:16: MSK101 ")

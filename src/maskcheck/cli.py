@@ -911,10 +911,9 @@ def _write_report(output: str, output_file: Optional[str]) -> bool:
     """Write the report to standard output or to `output_file`; on failure print one error line and return False."""
     if output_file is None:
         return _write_stdout(output)
-    # TODO: a report that names a file whose name is not valid UTF-8 contains surrogate escapes. Writing it here or
-    # to a strict UTF-8 standard output raises UnicodeEncodeError, with a traceback and exit code 1.
     try:
-        with open(output_file, "w", encoding="utf-8", newline="\n") as handle:
+        # A file name that is not valid UTF-8 reaches the report as surrogate escapes, written back as its bytes.
+        with open(output_file, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as handle:
             handle.write(output)
     except OSError as error:
         problem = _write_problem(error, "choose another --output-file")
@@ -929,7 +928,12 @@ def _write_stdout(text: str) -> bool:
     A closed pipe (for example `maskcheck . | head`) is not an error: the reader has what it wanted.
     """
     try:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:
+            # A name that is not valid UTF-8 contains surrogate escapes, which a strict standard output rejects
+            # (PYTHONIOENCODING=utf-8). It is written as its bytes, as under a UTF-8 locale.
+            _write_stdout_bytes(text)
         sys.stdout.flush()
     except BrokenPipeError:
         _discard_stdout()
@@ -940,6 +944,12 @@ def _write_stdout(text: str) -> bool:
         print(f"maskcheck: error: cannot write to standard output: {problem}", file=sys.stderr)
         return False
     return True
+
+
+def _write_stdout_bytes(text: str) -> None:
+    # Only an encoding text stream raises UnicodeEncodeError, and such a stream has a binary buffer.
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
 
 
 def _discard_stdout() -> None:

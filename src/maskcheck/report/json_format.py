@@ -33,6 +33,8 @@ def render(report: Report, options: RenderOptions) -> str:
     }
     if options.statistics:
         document["statistics"] = statistics(report)
+    # NOTE: a file name that is not valid UTF-8 stays as surrogate escapes, written out as its bytes, so such a
+    # report is not valid UTF-8.
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -125,10 +125,10 @@ def _region(finding) -> Dict[str, int]:
 
 
 def _artifact(path: str) -> Dict[str, str]:
-    # TODO: quote() raises UnicodeEncodeError for a file name that is not valid UTF-8 (surrogate escapes).
     if os.path.isabs(path):
         return {"uri": pathlib.Path(path).as_uri()}
-    return {"uri": urllib.parse.quote(path.replace(os.sep, "/")), "uriBaseId": SRCROOT}
+    # A file name that is not valid UTF-8 (surrogate escapes) is quoted as its bytes: b"\xff" becomes %FF.
+    return {"uri": urllib.parse.quote(path.replace(os.sep, "/"), errors="surrogateescape"), "uriBaseId": SRCROOT}
 
 
 def _invocation(report: Report) -> Dict[str, Any]:
