@@ -117,7 +117,7 @@ def test_warm_run_analyses_nothing(package, cache_dir, monkeypatch):
     assert len(entry_files(cache_dir)) == 3
 
 
-def test_warm_run_holds_no_empty_results(tmp_path, cache_dir, monkeypatch):
+def test_warm_run_keeps_no_empty_results(tmp_path, cache_dir, monkeypatch):
     """Cached results without findings are not all decoded and kept before the first file is yielded."""
     for index in range(6):
         (tmp_path / f"clean_{index}.py").write_text("scale = 1\n")
@@ -135,7 +135,7 @@ def test_warm_run_holds_no_empty_results(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setattr(runner, "_decode_checked", tracking_decode)
 
     results = check_paths(sources, Settings(), jobs=1, cache_dir=cache_dir)
-    first_source, first_outcome = next(results)
+    _, first_outcome = next(results)
     alive_at_first = sum(reference() is not None for reference in decoded)
     rest = list(results)
 
@@ -144,7 +144,8 @@ def test_warm_run_holds_no_empty_results(tmp_path, cache_dir, monkeypatch):
     assert alive_at_first <= 2
     outcomes = [first_outcome] + [outcome for _, outcome in rest]
     assert [len(outcome.findings) for outcome in outcomes] == [0, 0, 0, 0, 0, 0, 1]
-    assert all(outcome.error is None and not outcome.skipped for outcome in outcomes)
+    assert [outcome.error for outcome in outcomes] == [None] * 7
+    assert [outcome.skipped for outcome in outcomes] == [False] * 7
 
 
 def test_non_utf8_names_cached(tmp_path, monkeypatch):

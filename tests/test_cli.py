@@ -466,7 +466,7 @@ def test_closed_pipe_gives_no_traceback(tmp_path):
 
 
 def test_cli_drops_outcomes_as_they_arrive(run_cli, monkeypatch, tmp_path):
-    """The command line keeps what the report needs of each outcome, not the outcome, so memory stays flat."""
+    """The command line keeps what the report needs of each outcome, not the outcome itself."""
     for index in range(4):
         (tmp_path / f"clean_{index}.py").write_text("scale = 1\n")
     (tmp_path / "repeat.py").write_text(BUGGY_BLOCK)

@@ -1090,6 +1090,10 @@ def check_source(source: str, path: str = "<stdin>", settings: Optional[Settings
     return check_with_engine(source, path, settings)
 
 
+# The debug record of every file that `check_file` analyses. The runner rebuilds it for cached results.
+CHECKING_MESSAGE = "checking %s"
+
+
 def check_file(source: SourceFile, settings: Settings, code_filter: CodeFilter, disable_noqa: bool) -> FileOutcome:
     """Read, analyse and filter one file. A failure comes back as `FileOutcome.error`, so it cannot stop the run."""
     from maskcheck.noqa import file_is_exempt, file_is_skipped, filter_suppressed
@@ -1113,7 +1117,7 @@ def check_file(source: SourceFile, settings: Settings, code_filter: CodeFilter, 
         LOG.info("skipped %s: contains a '# maskcheck: skip-file' line", source.display)
         return FileOutcome(skipped=True)
 
-    LOG.debug("checking %s", source.display)
+    LOG.debug(CHECKING_MESSAGE, source.display)
     try:
         found = check_source(text, source.display, settings)
     except SourceError as error:

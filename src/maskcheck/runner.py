@@ -166,16 +166,15 @@ def check_paths(
 
 
 def _is_empty(checked: _Checked, source: SourceFile) -> bool:
-    """Return True when `checked` equals `_empty_result(source)`: a file checked without any finding or notice."""
+    """Return True when `checked` equals `_empty_result(source)`, so it can be dropped and made again."""
     return checked == _empty_result(source)
 
 
 def _empty_result(source: SourceFile) -> _Checked:
-    from maskcheck.cli import FileOutcome
+    """Return the result of a file that `cli.check_file` analysed and found nothing in, with the record it logs."""
+    from maskcheck.cli import CHECKING_MESSAGE, FileOutcome
 
-    # The one record that `cli.check_file` logs for a file it analyses. Should that text change, no result equals
-    # this one any more and every result is kept, which costs memory but changes no output.
-    return _Checked(FileOutcome(), [(logging.DEBUG, "maskcheck", f"checking {source.display}")])
+    return _Checked(FileOutcome(), [(logging.DEBUG, "maskcheck", CHECKING_MESSAGE % source.display)])
 
 
 # -------------------------------------------------------------------------------------------------------------------
