@@ -129,8 +129,7 @@ def check_paths(
 
     # The cache is read here, before any worker starts, so a run over unchanged files starts no process. A result
     # without findings or notices is kept as None and made again when its turn comes, so a run over many unchanged
-    # files does not hold one decoded result per file. A warm run over 20,000 small files peaked at 30 MB of PSS
-    # before and at 24 MB after.
+    # files does not keep one decoded result per file (20,000 small files: 24 MB of PSS, against 30 MB with them).
     answered: Dict[int, Optional[_Checked]] = {}
     pending: List[Tuple[int, SourceFile, Optional[FileState]]] = []
     for index, source in enumerate(sources):
