@@ -311,3 +311,23 @@ def test_import_that_libcst_rejects_is_treated_as_library(tmp_path):
     assert check_source(caller.read_text(), str(caller), Settings()) == []
     index = project.ProjectIndex([tmp_path])
     assert index.find("rejected.helpers") is None
+
+
+def test_dropped_context_freed_without_gc():
+    # The definition mappings refer back to their context weakly, so a context that the cache drops is freed at
+    # once, with the trees that only it references, instead of waiting for a full garbage collection.
+    import gc
+    import weakref
+
+    context = _lazy(MODULE)
+    assert context.functions["with_import"] is not None and context.classes["Attention"] is not None
+    assert context.parsed_definitions
+    dropped = weakref.ref(context)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del context
+        assert dropped() is None
+    finally:
+        if enabled:
+            gc.enable()
