@@ -20,7 +20,8 @@ of the tool and every process it waited for. Peak memory is the largest sum, ove
 proportional set size (PSS, which splits shared pages between the processes that share them), sampled every
 SAMPLE_SECONDS; a run shorter than a few samples may show less than its real peak.
 
-`--docs` replaces the part of the file between the two PEER_MARKERS lines, or appends it.
+`--docs` replaces the part of the file between the two PEER_MARKERS lines, or appends it. Notes written by hand
+belong outside the markers, where a rerun keeps them.
 """
 
 from __future__ import annotations
